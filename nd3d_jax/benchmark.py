@@ -1,0 +1,122 @@
+"""`python -m nd3d_jax.benchmark NAME [NAME ...] [--out=FILE.json] [--repeats=N] [--quick]`
+
+Each suite is a module with `suite(opts: BenchOptions) -> list[Record]`, imported only when
+asked for. Times are medians over `repeats` calls after `warmup` calls, with every result
+blocked on; a record that names a reference implementation timed it in the same run, and
+`ratio` is ours / reference (below 1: we are faster). Prints a markdown table; `--out` writes
+the records as a JSON list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+
+SUITES = {
+    "geometry": "nd3d_jax.geometry.benchmarks",
+}
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    quick: bool = False  # tiny sizes: smoke runs in tests and CI
+    repeats: int = 5
+    warmup: int = 1
+
+
+@dataclasses.dataclass
+class Record:
+    name: str
+    device: str
+    shape: str
+    median_s: float
+    repeats: int
+    throughput: float | None = None
+    throughput_unit: str | None = None
+    reference: str | None = None
+    reference_median_s: float | None = None
+    ratio: float | None = None  # median_s / reference_median_s
+
+    def __post_init__(self):
+        if self.reference_median_s and self.ratio is None:
+            self.ratio = self.median_s / self.reference_median_s
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
+
+
+def measure(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of `fn()` in seconds, blocking on its (JAX) result each call."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "" if x is None else f"{x * scale:.{digits}g}"
+
+
+def markdown_table(records: list[Record]) -> str:
+    head = "| name | device | shape | median ms | throughput | reference | ref ms | ratio |"
+    rows = [head, "|" + "---|" * 8]
+    for r in records:
+        tput = f"{r.throughput:.4g} {r.throughput_unit}" if r.throughput is not None else ""
+        rows.append(
+            f"| {r.name} | {r.device} | {r.shape} | {_fmt(r.median_s, 1e3, 4)} | {tput} | "
+            f"{r.reference or ''} | {_fmt(r.reference_median_s, 1e3, 4)} | {_fmt(r.ratio)} |"
+        )
+    return "\n".join(rows)
+
+
+def run_suites(names: list[str], opts: BenchOptions) -> list[Record]:
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown}; available: {', '.join(sorted(SUITES))}")
+    records = []
+    for name in names:
+        print(f"[benchmark] {name} ...", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        records += importlib.import_module(SUITES[name]).suite(opts)
+        print(f"[benchmark] {name} done in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    return records
+
+
+def main(argv: list[str] | None = None) -> list[Record]:
+    parser = argparse.ArgumentParser(prog="python -m nd3d_jax.benchmark", description=__doc__)
+    parser.add_argument("names", nargs="+", help=f"suites: {', '.join(sorted(SUITES))}")
+    parser.add_argument("--out", help="write the records to this JSON file")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    args = parser.parse_args(argv)
+    try:
+        records = run_suites(args.names, BenchOptions(args.quick, args.repeats, args.warmup))
+    except ValueError as e:
+        parser.error(str(e))
+    print(markdown_table(records))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump([dataclasses.asdict(r) for r in records], f, indent=2)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The shared entry point of every `python -m nd3d_jax.X` command.
+
+    python -m nd3d_jax.X --config=configs/x.py[:variant] [--config.a.b=value ...] --workdir=DIR
+
+Configs are Python files with `get_config(arg=None) -> ConfigDict` (ml_collections
+`config_flags`). Overrides are checked against the loaded config before absl applies them, so an
+unknown key is one short line naming it (with the keys valid at that level), not a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+
+class ConfigError(ValueError):
+    """A bad --config file, variant or override."""
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py[:arg]` by calling its `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_nd3d_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise ConfigError(f"{path}: cannot import config ({type(e).__name__}: {e})") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: no get_config(arg) function")
+    try:
+        return module.get_config(arg or None)
+    except ValueError as e:
+        raise ConfigError(f"{spec}: {e}") from e
+
+
+def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:
+    """Raises ConfigError if `dotted` ('a.b.c') is not a key path of `config`."""
+    node, walked = config, []
+    for part in dotted.split("."):
+        keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        if part not in keys:
+            where = ".".join(walked) or "the top level"
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f" (did you mean {'.'.join([*walked, close[0]])!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown config key {dotted!r}{hint}; keys at {where}: {', '.join(sorted(keys))}"
+            )
+        node, walked = node[part], [*walked, part]
+
+
+def check_argv(argv: Sequence[str], flag: str = "config") -> None:
+    """Validates `--config=...` and every `--config.<key>=...` override in `argv`."""
+    spec, overrides = None, []
+    for arg in argv[1:]:
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
+        if name == flag:
+            spec = arg.partition("=")[2]
+        elif name.startswith(flag + "."):
+            overrides.append(name[len(flag) + 1 :])
+    if spec is None:
+        return  # absl reports the missing required flag
+    config = load_config(spec)
+    for key in overrides:
+        check_override_key(config, key)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file: path.py[:variant]; override fields with --config.a.b=value."
+)
+flags.DEFINE_string("workdir", None, "Output folder (created if missing).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        check_argv(argv)
+        return flags.FLAGS(argv)
+    except (ConfigError, flags.Error) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main: Callable[[ml_collections.ConfigDict, str], None]) -> None:
+    """Parses the flags and calls `main(config, workdir)` with the config locked."""
+
+    def _main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        config = _CONFIG.value
+        config.lock()
+        main(config, flags.FLAGS.workdir)
+
+    app.run(_main, flags_parser=_parse)

@@ -1,0 +1,120 @@
+"""Host-side mesh extraction: checked SDF values in, a compact `trimesh.Trimesh` out."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import trimesh
+
+from nd3d_jax.geometry.marching_tets import (
+    MarchingTetsResult,
+    default_face_budget,
+    marching_tetrahedra,
+)
+from nd3d_jax.geometry.tet_grid import TetGrid, build_tet_grid
+
+
+class SurfaceBudgetError(ValueError):
+    """The extracted surface has more faces or vertices than the static budget."""
+
+
+def check_sdf_values(sdf: np.ndarray, what: str = "SDF") -> None:
+    """Raises a clear ValueError for non-finite values or a field with no surface."""
+    sdf = np.asarray(sdf)
+    if sdf.size == 0:
+        raise ValueError(f"{what}: no values")
+    n_nan, n_inf = int(np.isnan(sdf).sum()), int(np.isinf(sdf).sum())
+    if n_nan or n_inf:
+        raise ValueError(f"{what}: {n_nan} NaN and {n_inf} inf values out of {sdf.size}")
+    if np.all(sdf >= 0):
+        raise ValueError(
+            f"{what}: empty surface, no value is negative (nothing is inside the grid; "
+            f"min {sdf.min():.4g})"
+        )
+    if np.all(sdf < 0):
+        raise ValueError(
+            f"{what}: empty surface, every value is negative (the grid lies inside the shape; "
+            f"enlarge the bound; max {sdf.max():.4g})"
+        )
+
+
+def to_trimesh(result: MarchingTetsResult) -> trimesh.Trimesh:
+    """The masked marching-tets result as a compact mesh; raises if it overflowed its budget."""
+    num_v, num_f = int(result.num_vertices), int(result.num_faces)
+    max_v, max_f = result.vertices.shape[0], result.faces.shape[0]
+    if num_v > max_v or num_f > max_f:
+        raise SurfaceBudgetError(
+            f"surface has {num_f} faces / {num_v} vertices, over the budget of {max_f} / "
+            f"{max_v}; raise max_faces"
+        )
+    vertices = np.asarray(result.vertices[:num_v], np.float64)
+    faces = np.asarray(result.faces[:num_f], np.int64)
+    # process=False keeps the one-vertex-per-edge topology (no merging by position).
+    return trimesh.Trimesh(vertices, faces, process=False)
+
+
+@functools.partial(jax.jit, static_argnames=("max_faces", "max_vertices"))
+def extract_jit(vertices, sdf, tets, tet_edges, edges, *, max_faces, max_vertices):
+    return marching_tetrahedra(
+        vertices, sdf, tets, tet_edges, edges, max_faces=max_faces, max_vertices=max_vertices
+    )
+
+
+def _round_budget(n: int) -> int:
+    return 1 << max(10, int(np.ceil(np.log2(n * 1.25))))
+
+
+def extract_mesh(
+    grid: TetGrid,
+    sdf: np.ndarray | jax.Array,
+    vertices: np.ndarray | jax.Array | None = None,
+    max_faces: int | None = None,
+) -> trimesh.Trimesh:
+    """Checks `sdf` on the grid vertices and extracts its zero level set.
+
+    An overflowing budget is never truncated: the extraction is run again once with a budget
+    that fits the counts it reported.
+    """
+    sdf = np.asarray(sdf, np.float32).reshape(-1)
+    if sdf.shape[0] != grid.num_vertices:
+        raise ValueError(f"SDF has {sdf.shape[0]} values, the grid {grid.num_vertices} vertices")
+    check_sdf_values(sdf)
+    vertices = grid.vertices if vertices is None else vertices
+    budget = max_faces or default_face_budget(grid.resolution)
+    args = (vertices, sdf, grid.tets, grid.tet_edges, grid.edges)
+    result = extract_jit(*args, max_faces=budget, max_vertices=budget)
+    if bool(result.overflow):
+        budget = _round_budget(max(int(result.num_faces), int(result.num_vertices)))
+        result = extract_jit(*args, max_faces=budget, max_vertices=budget)
+    return to_trimesh(result)
+
+
+def evaluate_on_grid(
+    sdf_fn: Callable[[np.ndarray], np.ndarray], points: np.ndarray, chunk: int = 1 << 18
+) -> np.ndarray:
+    """`sdf_fn` over `points` in chunks (bounded memory for numpy and jax functions alike)."""
+    out = [np.asarray(sdf_fn(points[i : i + chunk])) for i in range(0, len(points), chunk)]
+    values = np.concatenate(out).astype(np.float32)
+    if values.shape != (len(points),):
+        raise ValueError(
+            f"sdf_fn must map (N, 3) points to (N,) values; got shape {values.shape} for "
+            f"{len(points)} points"
+        )
+    return values
+
+
+def mesh_from_sdf(
+    sdf_fn: Callable[[np.ndarray], np.ndarray],
+    resolution: int = 64,
+    bound: float = 1.0,
+    max_faces: int | None = None,
+) -> trimesh.Trimesh:
+    """Zero level set of `sdf_fn` ((N, 3) -> (N,), negative inside) over [-bound, bound]^3.
+
+    Evaluated on a tet grid of `resolution` cubes per axis and extracted with marching tets.
+    """
+    grid = build_tet_grid(resolution, bound)
+    return extract_mesh(grid, evaluate_on_grid(sdf_fn, grid.vertices), max_faces=max_faces)
