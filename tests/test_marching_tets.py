@@ -18,7 +18,7 @@ from nd3d_jax.geometry.marching_tets import (
     marching_tetrahedra,
     marching_tetrahedra_on_grid,
 )
-from nd3d_jax.geometry.tet_grid import TET_EDGES, build_tet_grid
+from nd3d_jax.geometry.tet_grid import TET_EDGES, build_tet_grid, deform_vertices
 
 SHAPES = {
     "sphere": (analytic.sphere(0.61), analytic.sphere_area_volume(0.61)),
@@ -165,3 +165,23 @@ def test_shared_vertices_along_shared_edges():
     rounded = np.round(mesh.vertices, 6)
     assert len(np.unique(rounded, axis=0)) == len(rounded)
 
+
+
+@pytest.mark.parametrize("deformed", [False, True])
+def test_grid_fast_path_equals_general_path(deformed):
+    grid = build_tet_grid(10)
+    sdf = evaluate_on_grid(analytic.torus(0.5, 0.22), grid.vertices)
+    verts = grid.vertices
+    if deformed:
+        disp = 0.05 * jax.random.normal(jax.random.key(1), verts.shape)
+        verts = deform_vertices(jnp.asarray(verts), disp, grid.cell_size)
+    fast = jax.jit(lambda s, v: marching_tetrahedra_on_grid(grid, s, v, max_faces=4096))(
+        sdf, verts if deformed else None
+    )
+    general = jax.jit(
+        lambda s, v: marching_tetrahedra(
+            v, s, grid.tets, grid.tet_edges, grid.edges, max_faces=4096
+        )
+    )(sdf, verts)
+    for a, b in zip(fast, general, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -32,9 +32,9 @@ def _marching_tets(resolution: int, opts: BenchOptions) -> Record:
     grid = build_tet_grid(resolution)
     sdf = evaluate_on_grid(analytic.torus(0.55, 0.27), grid.vertices)
     budget = default_face_budget(resolution)
-    args = jax.device_put((grid.vertices, sdf, grid.tets, grid.tet_edges, grid.edges))
-    fn = extract_jit.lower(*args, max_faces=budget, max_vertices=budget).compile()
-    median = measure(lambda: fn(*args), warmup=opts.warmup, repeats=opts.repeats)
+    sdf_dev = jax.device_put(sdf)
+    fn = extract_jit.lower(grid, sdf_dev, max_faces=budget, max_vertices=budget).compile()
+    median = measure(lambda: fn(sdf_dev), warmup=opts.warmup, repeats=opts.repeats)
 
     n = resolution + 1
     volume = sdf.reshape(n, n, n)

@@ -12,7 +12,7 @@ import trimesh
 from nd3d_jax.geometry.marching_tets import (
     MarchingTetsResult,
     default_face_budget,
-    marching_tetrahedra,
+    marching_tetrahedra_on_grid,
 )
 from nd3d_jax.geometry.tet_grid import TetGrid, build_tet_grid
 
@@ -56,10 +56,11 @@ def to_trimesh(result: MarchingTetsResult) -> trimesh.Trimesh:
     return trimesh.Trimesh(vertices, faces, process=False)
 
 
-@functools.partial(jax.jit, static_argnames=("max_faces", "max_vertices"))
-def extract_jit(vertices, sdf, tets, tet_edges, edges, *, max_faces, max_vertices):
-    return marching_tetrahedra(
-        vertices, sdf, tets, tet_edges, edges, max_faces=max_faces, max_vertices=max_vertices
+@functools.partial(jax.jit, static_argnames=("grid", "max_faces", "max_vertices"))
+def extract_jit(grid, sdf, vertices=None, *, max_faces, max_vertices):
+    """Compiled `marching_tetrahedra_on_grid` (one program per grid and budget)."""
+    return marching_tetrahedra_on_grid(
+        grid, sdf, vertices, max_faces=max_faces, max_vertices=max_vertices
     )
 
 
@@ -82,13 +83,11 @@ def extract_mesh(
     if sdf.shape[0] != grid.num_vertices:
         raise ValueError(f"SDF has {sdf.shape[0]} values, the grid {grid.num_vertices} vertices")
     check_sdf_values(sdf)
-    vertices = grid.vertices if vertices is None else vertices
     budget = max_faces or default_face_budget(grid.resolution)
-    args = (vertices, sdf, grid.tets, grid.tet_edges, grid.edges)
-    result = extract_jit(*args, max_faces=budget, max_vertices=budget)
+    result = extract_jit(grid, sdf, vertices, max_faces=budget, max_vertices=budget)
     if bool(result.overflow):
         budget = _round_budget(max(int(result.num_faces), int(result.num_vertices)))
-        result = extract_jit(*args, max_faces=budget, max_vertices=budget)
+        result = extract_jit(grid, sdf, vertices, max_faces=budget, max_vertices=budget)
     return to_trimesh(result)
 
 

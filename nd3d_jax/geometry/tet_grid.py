@@ -29,30 +29,6 @@ TET_EDGES = np.array([(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)], dtype=np.
 DEFAULT_MAX_DEFORM = 0.125
 
 
-@dataclasses.dataclass(frozen=True)
-class TetGrid:
-    """A regular tet grid: host (numpy) arrays, built once per resolution and cached."""
-
-    resolution: int
-    bound: float
-    vertices: np.ndarray  # (V, 3) float32, V = (R + 1)^3
-    tets: np.ndarray  # (T, 4) int32, T = 6 R^3, positively oriented
-    tet_edges: np.ndarray  # (T, 6) int32 global edge ids, in TET_EDGES order
-    edges: np.ndarray  # (7 V, 2) int32; unused ids are the loop (a, a) and never cross
-
-    @property
-    def cell_size(self) -> float:
-        return 2.0 * self.bound / self.resolution
-
-    @property
-    def num_vertices(self) -> int:
-        return self.vertices.shape[0]
-
-    @property
-    def num_tets(self) -> int:
-        return self.tets.shape[0]
-
-
 def _kuhn_offsets() -> np.ndarray:
     """(6, 4, 3) corner offsets of the six Kuhn tets of the unit cube, positively oriented."""
     tets = []
@@ -63,61 +39,98 @@ def _kuhn_offsets() -> np.ndarray:
             corner[axis] = 1
             chain.append(corner.copy())
         chain = np.stack(chain)
-        vol = np.linalg.det(chain[1:] - chain[0])
-        if vol < 0:  # odd permutations: swap the last two vertices (keeps the chain's edges)
+        if np.linalg.det(chain[1:] - chain[0]) < 0:  # odd permutation: swap the last two
             chain = chain[[0, 1, 3, 2]]
         tets.append(chain)
     return np.stack(tets)
 
 
+# Per-cube constants: corners of the 6 Kuhn tets, and for each of their 6 local edges the min
+# corner and the edge kind k (the edge joins a to a + EDGE_OFFSETS[k]).
+KUHN_OFFSETS = _kuhn_offsets()  # (6, 4, 3)
+EDGE_OFFSETS = np.array([[k & 1, (k >> 1) & 1, (k >> 2) & 1] for k in range(1, 8)])  # (7, 3)
+_A, _B = KUHN_OFFSETS[:, TET_EDGES[:, 0]], KUHN_OFFSETS[:, TET_EDGES[:, 1]]
+KUHN_EDGE_LO = np.minimum(_A, _B)  # (6, 6, 3)
+KUHN_EDGE_KIND = np.abs(_B - _A) @ np.array([1, 2, 4]) - 1  # (6, 6) in [0, 7)
+
+
+@dataclasses.dataclass(frozen=True)
+class TetGrid:
+    """A regular tet grid of `resolution` cubes per axis over [-bound, bound]^3.
+
+    Only the two numbers define it; the index arrays (hundreds of MB at R = 128) are built on
+    first use, and the marching-tets fast path never needs them.
+    """
+
+    resolution: int
+    bound: float
+
+    @property
+    def cell_size(self) -> float:
+        return 2.0 * self.bound / self.resolution
+
+    @property
+    def num_vertices(self) -> int:
+        return (self.resolution + 1) ** 3
+
+    @property
+    def num_tets(self) -> int:
+        return 6 * self.resolution**3
+
+    @functools.cached_property
+    def vertices(self) -> np.ndarray:
+        """(V, 3) float32, V = (R + 1)^3, x-major (index = (i n + j) n + k, n = R + 1)."""
+        axis = np.linspace(-self.bound, self.bound, self.resolution + 1, dtype=np.float32)
+        return np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+    @functools.cached_property
+    def _cell_base(self) -> np.ndarray:
+        r, n = self.resolution, self.resolution + 1
+        cell = np.arange(r, dtype=np.int32)
+        return (cell[:, None, None] * n * n + cell[None, :, None] * n + cell[None, None, :]).reshape(
+            -1, 1, 1
+        )
+
+    @property
+    def _strides(self) -> np.ndarray:
+        n = self.resolution + 1
+        return np.array([n * n, n, 1])
+
+    @functools.cached_property
+    def tets(self) -> np.ndarray:
+        """(T, 4) int32, T = 6 R^3, positively oriented; tet id = 6 * cell + Kuhn index."""
+        return (self._cell_base + (KUHN_OFFSETS @ self._strides).astype(np.int32)).reshape(-1, 4)
+
+    @functools.cached_property
+    def tet_edges(self) -> np.ndarray:
+        """(T, 6) int32 global edge ids of each tet's local edges (TET_EDGES order)."""
+        lo = (KUHN_EDGE_LO @ self._strides).astype(np.int32)
+        return (7 * (self._cell_base + lo) + KUHN_EDGE_KIND.astype(np.int32)).reshape(-1, 6)
+
+    @functools.cached_property
+    def edges(self) -> np.ndarray:
+        """(7 V, 2) int32 endpoints by edge id; ids that leave the grid are loops (a, a)."""
+        n = self.resolution + 1
+        idx = np.arange(n, dtype=np.int32)
+        fits = np.ones((n, n, n, 7), bool)
+        for ax in range(3):
+            coord = idx.reshape([-1 if a == ax else 1 for a in range(3)] + [1])
+            fits &= coord + EDGE_OFFSETS[:, ax] < n
+        start = np.arange(n**3, dtype=np.int32).reshape(n, n, n, 1)
+        end = np.where(fits, start + (EDGE_OFFSETS @ self._strides).astype(np.int32), start)
+        return np.stack([np.broadcast_to(start, end.shape), end], -1).reshape(-1, 2)
+
+
 @functools.lru_cache(maxsize=4)
 def build_tet_grid(resolution: int, bound: float = 1.0) -> TetGrid:
-    """Tet grid with `resolution` cubes per axis over [-bound, bound]^3."""
+    """Tet grid with `resolution` cubes per axis over [-bound, bound]^3 (cached)."""
     if resolution < 1:
         raise ValueError(f"tet grid resolution must be >= 1, got {resolution}")
     if not bound > 0:
         raise ValueError(f"tet grid bound must be > 0, got {bound}")
-    r = int(resolution)
-    n = r + 1
-    if 7 * n**3 >= 2**31:
-        raise ValueError(f"tet grid resolution {r} is too large for int32 edge ids (max 300)")
-
-    axis = np.linspace(-bound, bound, n, dtype=np.float32)
-    vertices = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-
-    # Everything is (cell base index) + (per-cube constant), so build the constants once.
-    strides = np.array([n * n, n, 1], np.int32)
-    kuhn = _kuhn_offsets()  # (6, 4, 3)
-    ia, ib = TET_EDGES[:, 0], TET_EDGES[:, 1]
-    lo = np.minimum(kuhn[:, ia], kuhn[:, ib])  # (6, 6, 3) min corner of each local edge
-    kind = np.abs(kuhn[:, ib] - kuhn[:, ia]) @ np.array([1, 2, 4]) - 1  # offset bits - 1
-    cell = np.arange(r, dtype=np.int32)
-    base = (
-        cell[:, None, None] * strides[0] + cell[None, :, None] * strides[1] + cell[None, None, :]
-    ).reshape(-1, 1, 1)
-    tets = (base + (kuhn @ strides).astype(np.int32)).reshape(-1, 4)
-    tet_edges = (7 * (base + (lo @ strides).astype(np.int32)) + kind.astype(np.int32)).reshape(-1, 6)
-
-    # Edge id 7 a + k joins a to a + offset(k + 1); ids that leave the grid become loops.
-    bits = np.arange(1, 8)
-    offsets = np.stack([bits & 1, (bits >> 1) & 1, (bits >> 2) & 1], -1)  # (7, 3)
-    idx = np.arange(n, dtype=np.int32)
-    fits = np.ones((n, n, n, 7), bool)
-    for ax in range(3):
-        coord = idx.reshape([-1 if a == ax else 1 for a in range(3)] + [1])
-        fits &= coord + offsets[:, ax] < n
-    start = np.arange(n**3, dtype=np.int32).reshape(n, n, n, 1)
-    end = np.where(fits, start + (offsets @ strides).astype(np.int32), start)
-    edges = np.stack([np.broadcast_to(start, end.shape), end], -1).reshape(-1, 2)
-
-    return TetGrid(
-        resolution=r,
-        bound=float(bound),
-        vertices=vertices,
-        tets=tets,
-        tet_edges=tet_edges,
-        edges=edges,
-    )
+    if 7 * (resolution + 1) ** 3 >= 2**31:
+        raise ValueError(f"tet grid resolution {resolution} is too large for int32 edge ids")
+    return TetGrid(int(resolution), float(bound))
 
 
 def deform_vertices(
