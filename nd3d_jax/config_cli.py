@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -94,6 +95,8 @@ def run(main: Callable[[ml_collections.ConfigDict, str], None]) -> None:
     """Parses the flags and calls `main(config, workdir)` with the config locked."""
 
     def _main(argv: list[str]) -> None:
+        # JAX logs a failed TPU probe at INFO on every start; absl shows INFO by default.
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         config = _CONFIG.value

@@ -90,7 +90,10 @@ def _print_summary(s: dict, workdir: str) -> None:
     rows = [
         ("loss (eq 6/7)", f"{s['loss']['first']:.5f} -> {s['loss']['last']:.5f}"),
         ("faces", f"coarse {c['faces']}, refined {r['faces']} (watertight: {r['watertight']})"),
-        ("Chamfer to true", f"coarse {c['chamfer_to_true']:.5f}, refined {r['chamfer_to_true']:.5f}"),
+        (
+            "Chamfer to true",
+            f"coarse {c['chamfer_to_true']:.5f}, refined {r['chamfer_to_true']:.5f}",
+        ),
         ("area", f"{r['area']:.4f} (true {s['true']['area']:.4f})"),
         ("volume", f"{r['volume']:.4f} (true {s['true']['volume']:.4f})"),
         ("time", ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in s["timings_s"].items())),

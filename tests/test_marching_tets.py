@@ -1,4 +1,3 @@
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,9 +31,7 @@ def test_triangle_table_covers_every_case():
         n_in = bin(code).count("1")
         assert TRI_COUNT[code] == {0: 0, 1: 1, 2: 2, 3: 1, 4: 0}[n_in]
         # The crossing edges (inside -> outside) are exactly the edges the triangles use.
-        crossing = {
-            s for s, (a, b) in enumerate(TET_EDGES) if (code >> a & 1) != (code >> b & 1)
-        }
+        crossing = {s for s, (a, b) in enumerate(TET_EDGES) if (code >> a & 1) != (code >> b & 1)}
         used = set(TRI_TABLE[code, : TRI_COUNT[code]].ravel().tolist())
         assert used == crossing
 
@@ -164,7 +161,6 @@ def test_shared_vertices_along_shared_edges():
     assert np.all(counts == 2)
     rounded = np.round(mesh.vertices, 6)
     assert len(np.unique(rounded, axis=0)) == len(rounded)
-
 
 
 @pytest.mark.parametrize("deformed", [False, True])

@@ -65,7 +65,9 @@ def test_refinement_lowers_the_loss_and_denoises(refined, noisy_sphere):
 def test_loss_equations_by_hand():
     settings = dataclasses.replace(TINY, hidden_dim=16, out_hidden_dim=8)
     kp = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
-    module, params = init_sdf_mlp(dataclasses.replace(settings, init="lecun"), jax.random.key(0), kp)
+    module, params = init_sdf_mlp(
+        dataclasses.replace(settings, init="lecun"), jax.random.key(0), kp
+    )
     v_in = np.random.default_rng(1).normal(size=(6, 67)).astype(np.float32)
     target = np.linspace(-0.3, 0.2, 6).astype(np.float32)
     mask = np.array([1, 1, 1, 1, 1, 0], bool)
@@ -74,7 +76,9 @@ def test_loss_equations_by_hand():
     eq6 = np.mean((sq + 0.3 * np.sum(disp**2, -1))[:5])
     eq7 = np.mean((sq + 0.5 * np.linalg.norm(disp, axis=-1))[:5])
     got6 = refine_loss(module, params, v_in, target, mask, settings)
-    got7 = refine_loss(module, params, v_in, target, mask, dataclasses.replace(settings, loss="eq7"))
+    got7 = refine_loss(
+        module, params, v_in, target, mask, dataclasses.replace(settings, loss="eq7")
+    )
     np.testing.assert_allclose(got6, eq6, rtol=1e-5)
     np.testing.assert_allclose(got7, eq7, rtol=1e-5)
 

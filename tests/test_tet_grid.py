@@ -67,10 +67,14 @@ def test_deformation_is_bounded_and_keeps_orientation():
     bound = DEFAULT_MAX_DEFORM * grid.cell_size
     assert float(jnp.max(jnp.abs(moved - grid.vertices))) <= bound * (1 + 1e-6)
     rest = grid.cell_size**3 / 6
-    assert float(jnp.min(tet_volumes(moved, grid.tets))) >= (1 - 6 * DEFAULT_MAX_DEFORM) * rest * 0.999
+    assert (
+        float(jnp.min(tet_volumes(moved, grid.tets))) >= (1 - 6 * DEFAULT_MAX_DEFORM) * rest * 0.999
+    )
     # The worst case is a corner of the displacement box: +-f h on every axis.
     f = DEFAULT_MAX_DEFORM
-    corners = np.sign(np.random.default_rng(0).normal(size=grid.vertices.shape)) * f * grid.cell_size
+    corners = (
+        np.sign(np.random.default_rng(0).normal(size=grid.vertices.shape)) * f * grid.cell_size
+    )
     vol = np.asarray(tet_volumes(grid.vertices + corners, grid.tets))
     assert vol.min() == pytest.approx((1 - 6 * f) * rest, rel=1e-3)
     # Small displacements pass through unchanged (soft clamp is the identity near 0).

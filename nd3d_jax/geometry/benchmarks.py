@@ -14,7 +14,7 @@ import numpy as np
 
 from nd3d_jax.benchmark import BenchOptions, Record, device_name, measure
 from nd3d_jax.geometry import analytic
-from nd3d_jax.geometry.extract import extract_jit, evaluate_on_grid
+from nd3d_jax.geometry.extract import evaluate_on_grid, extract_jit
 from nd3d_jax.geometry.marching_tets import default_face_budget
 from nd3d_jax.geometry.refine import (
     RefineSettings,

@@ -143,9 +143,7 @@ def refine_loss(module: nn.Module, params, v_in, sdf_target, mask, settings: Ref
 def make_fit_fn(module: nn.Module, settings: RefineSettings):
     """`fit(params, v_in, sdf_target, mask) -> (params, losses)`: all AdamW steps, one program."""
     tx = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
-    loss_and_grad = jax.value_and_grad(
-        lambda p, v, s, m: refine_loss(module, p, v, s, m, settings)
-    )
+    loss_and_grad = jax.value_and_grad(lambda p, v, s, m: refine_loss(module, p, v, s, m, settings))
 
     def fit(params, v_in, sdf_target, mask):
         def step(carry, _):

@@ -87,9 +87,9 @@ class TetGrid:
     def _cell_base(self) -> np.ndarray:
         r, n = self.resolution, self.resolution + 1
         cell = np.arange(r, dtype=np.int32)
-        return (cell[:, None, None] * n * n + cell[None, :, None] * n + cell[None, None, :]).reshape(
-            -1, 1, 1
-        )
+        return (
+            cell[:, None, None] * n * n + cell[None, :, None] * n + cell[None, None, :]
+        ).reshape(-1, 1, 1)
 
     @property
     def _strides(self) -> np.ndarray:

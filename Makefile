@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (python3 >= 3.10 is all they need):
+#   make demo   creates .venv, installs the package, runs the main job on built-in data
+#   make test   creates .venv, installs the package with test extras, runs ruff + pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench format clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m nd3d_jax.refine --config=configs/refine_demo.py --workdir=out/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -rs tests
+
+bench: $(STAMP)
+	$(BIN)/python -m nd3d_jax.benchmark geometry --out=out/bench/geometry.json
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info

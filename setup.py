@@ -1,0 +1,34 @@
+"""nd3d_jax: the JAX/Flax reimplementation of NeuroDiff3D (image + text -> textured 3D mesh)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nd3d_jax",
+    version="0.1.0",
+    description="NeuroDiff3D in JAX/Flax: image + text to a textured 3D object",
+    packages=find_packages(
+        include=["nd3d_jax", "nd3d_jax.*", "data_pipelines", "data_pipelines.*"]
+    ),
+    python_requires=">=3.10",
+    # Ranges tested on CPU with Python 3.11 (see README).
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "ml-collections>=1.1,<2",
+        "einops>=0.8,<0.9",
+        "trimesh>=5.2,<6",
+        "numpy>=2.0,<3",
+        "scipy>=1.14,<2",
+        "absl-py>=2.1,<3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=9,<10",
+            "ruff>=0.17.6,<0.18",
+            "scikit-image>=0.26,<0.27",
+        ],
+        "bench": ["scikit-image>=0.26,<0.27"],
+    },
+)

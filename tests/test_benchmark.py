@@ -1,0 +1,70 @@
+import json
+import sys
+import time
+
+import pytest
+
+from nd3d_jax import benchmark
+from nd3d_jax.benchmark import BenchOptions, Record, markdown_table, measure
+
+FAKE_SUITE = """
+from nd3d_jax.benchmark import Record, device_name, measure
+
+def suite(opts):
+    t = measure(lambda: sum(range(1000)), warmup=opts.warmup, repeats=opts.repeats)
+    return [Record("fake", device_name(), "1000", t, opts.repeats, 1000 / t, "items/s",
+                   "reference impl", 2 * t)]
+"""
+
+
+def test_measure_takes_the_median():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01)
+
+    t = measure(fn, warmup=2, repeats=3)
+    assert len(calls) == 5 and t >= 0.01
+
+
+def test_ratio_and_table():
+    r = Record("x", "cpu", "4x4", 0.002, 3, reference="ref", reference_median_s=0.004)
+    assert r.ratio == pytest.approx(0.5)
+    assert Record("y", "cpu", "s", 1.0, 1).ratio is None
+    table = markdown_table([r])
+    assert table.splitlines()[0].startswith("| name | device |")
+    assert "| x | cpu | 4x4 | 2 |" in table and "| 0.5 |" in table
+
+
+def test_cli_writes_json(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fake_suite.py").write_text(FAKE_SUITE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(benchmark.SUITES, "fake", "fake_suite")
+    out = tmp_path / "res" / "b.json"
+    benchmark.main(["fake", f"--out={out}", "--repeats=2"])
+    records = json.loads(out.read_text())
+    assert records[0]["name"] == "fake" and records[0]["ratio"] == pytest.approx(0.5)
+    assert {"name", "device", "median_s", "reference", "reference_median_s"} <= set(records[0])
+    assert "| fake |" in capsys.readouterr().out
+    sys.modules.pop("fake_suite", None)
+
+
+def test_unknown_suite(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["nope"])
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_geometry_suite_quick():
+    records = benchmark.run_suites(["geometry"], BenchOptions(quick=True, repeats=1, warmup=1))
+    names = [r.name for r in records]
+    assert names == [
+        "marching_tets_R16",
+        "marching_tets_R32",
+        "refine_fit_50_steps",
+        "refine_grid_query_R16",
+    ]
+    for r in records:
+        assert r.median_s > 0 and r.throughput > 0
+    assert all(r.reference_median_s > 0 and r.ratio > 0 for r in records[:2])
