@@ -15,8 +15,10 @@ device mesh is given (data parallel; the MLP is replicated).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -69,6 +71,13 @@ class RefineSettings:
         for name in ("num_key_points", "steps", "resolution", "query_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"refine {name} must be >= 1, got {getattr(self, name)}")
+
+
+class RefinePrograms(NamedTuple):
+    module: SDFMLP
+    init: Callable  # (key, center (3,), radius) -> params
+    fit: Callable  # (params, v_in, sdf_target, mask) -> (params, losses)
+    query: Callable  # (params, grid vertices, f_tex) -> (sdf, deformed vertices)
 
 
 @dataclasses.dataclass
@@ -174,23 +183,36 @@ def make_query_fn(module: nn.Module, settings: RefineSettings, cell_size: float)
     return query
 
 
-def init_sdf_mlp(
-    settings: RefineSettings, key: jax.Array, key_points: np.ndarray
-) -> tuple[SDFMLP, dict]:
-    """The SDF MLP and its parameters, geometrically initialised to the key points' sphere."""
+@functools.lru_cache(maxsize=8)
+def compiled_programs(settings: RefineSettings) -> RefinePrograms:
+    """The module and its jitted init / fit / query, built once per settings (no recompiles
+    when many objects are refined with the same settings)."""
     module = SDFMLP(hidden_dim=settings.hidden_dim, out_hidden_dim=settings.out_hidden_dim)
-    center = key_points.mean(axis=0)
-    radius = float(np.linalg.norm(key_points - center, axis=1).mean())
+    cell_size = 2.0 * settings.bound / settings.resolution
 
-    @jax.jit
-    def init(key):
+    def init(key, center, radius):
         init_key, geo_key = jax.random.split(key)
         params = nn.unbox(module.init(init_key, jnp.zeros((1, 3 + FEATURE_DIM)))["params"])
         if settings.init == "geometric":
             params = geometric_init(module, params, geo_key, center, radius)
         return params
 
-    return module, init(key)
+    return RefinePrograms(
+        module,
+        jax.jit(init),
+        jax.jit(make_fit_fn(module, settings)),
+        jax.jit(make_query_fn(module, settings, cell_size)),
+    )
+
+
+def init_sdf_mlp(
+    settings: RefineSettings, key: jax.Array, key_points: np.ndarray
+) -> tuple[SDFMLP, dict]:
+    """The SDF MLP and its parameters, geometrically initialised to the key points' sphere."""
+    programs = compiled_programs(settings)
+    center = key_points.mean(axis=0)
+    radius = np.linalg.norm(key_points - center, axis=1).mean()
+    return programs.module, programs.init(key, center, radius)
 
 
 def refine_mesh(
@@ -208,7 +230,7 @@ def refine_mesh(
 
     t = time.perf_counter()
     key_points, v_in, sdf_target, mask = refinement_points(coarse_mesh, field, settings)
-    module, params = init_sdf_mlp(settings, jax.random.key(settings.seed), key_points)
+    _, params = init_sdf_mlp(settings, jax.random.key(settings.seed), key_points)
     if mesh is not None:
         batch = NamedSharding(mesh, P(mesh.axis_names))
         v_in, sdf_target, mask = jax.device_put((v_in, sdf_target, mask), batch)
@@ -218,7 +240,7 @@ def refine_mesh(
 
     t = time.perf_counter()
     params, losses = jax.block_until_ready(
-        jax.jit(make_fit_fn(module, settings))(params, v_in, sdf_target, mask)
+        compiled_programs(settings).fit(params, v_in, sdf_target, mask)
     )
     timings["fit_s"] = time.perf_counter() - t
     losses = np.asarray(losses)
@@ -229,7 +251,7 @@ def refine_mesh(
     t = time.perf_counter()
     grid = build_tet_grid(settings.resolution, settings.bound)
     _, grid_feats = query_field(field, grid.vertices, "the tet grid vertices")
-    query = jax.jit(make_query_fn(module, settings, grid.cell_size))
+    query = compiled_programs(settings).query
     sdf, vertices = jax.block_until_ready(query(params, grid.vertices, grid_feats))
     timings["query_s"] = time.perf_counter() - t
     log(f"queried {grid.num_vertices} grid vertices ({timings['query_s']:.1f}s)")
