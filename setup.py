@@ -22,13 +22,16 @@ setup(
         "numpy>=2.0,<3",
         "scipy>=1.14,<2",
         "absl-py>=2.1,<3",
+        "pillow>=12,<14",
     ],
     extras_require={
         "test": [
             "pytest>=9,<10",
             "ruff>=0.17.6,<0.18",
             "scikit-image>=0.26,<0.27",
+            "rtree>=1.3,<2",
+            "embreex>=4.4,<5",
         ],
-        "bench": ["scikit-image>=0.26,<0.27"],
+        "bench": ["scikit-image>=0.26,<0.27", "rtree>=1.3,<2", "embreex>=4.4,<5"],
     },
 )

@@ -1,0 +1,193 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import trimesh
+
+from nd3d_jax.render.camera import (
+    focal_from_fov,
+    fov_from_focal,
+    look_at,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    orthographic,
+    pinhole,
+    project,
+)
+from nd3d_jax.render.maps import (
+    depth_map,
+    grid_layout,
+    grid_split,
+    normal_map,
+    rasterize_views,
+)
+from nd3d_jax.render.rasterize import interpolate, rasterize
+
+SQUARE_V = jnp.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], jnp.float32)
+SQUARE_F = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
+
+
+def _raster(cam, v, f, **kw):
+    return jax.jit(lambda v, f: rasterize(cam, v, f, **kw))(jnp.asarray(v), jnp.asarray(f))
+
+
+def test_look_at_and_conventions():
+    c2w = look_at(jnp.array([0.0, 0.0, 3.0]), up=(0, 1, 0))
+    np.testing.assert_allclose(c2w, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3], [0, 0, 0, 1]])
+    # OpenCV looks down +Z with +Y down: the same camera has those axes flipped.
+    cv = opengl_to_opencv(c2w)
+    np.testing.assert_allclose(cv[:3, 2], [0, 0, -1])
+    np.testing.assert_allclose(cv[:3, 1], [0, -1, 0])
+    np.testing.assert_allclose(opencv_to_opengl(cv), c2w)
+    assert fov_from_focal(focal_from_fov(0.7, 512), 512) == pytest.approx(0.7)
+    assert focal_from_fov(np.pi / 2, 100) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="parallel"):
+        look_at(jnp.array([0.0, 0.0, 3.0]), up=(0, 0, 1))
+
+
+def test_projection_by_hand():
+    cam = pinhole(look_at(jnp.array([0.0, 0.0, 2.0]), up=(0, 1, 0)), 100, 80, focal=50.0)
+    uv, depth = project(cam, jnp.array([[0.0, 0.0, 0.0], [0.4, 0.2, 0.0], [0.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(uv, [[50, 40], [60, 35], [50, 40]], atol=1e-5)
+    np.testing.assert_allclose(depth, [2.0, 2.0, 1.0])
+
+
+def test_unit_square_exact_coverage_and_depth():
+    c2w = look_at(jnp.array([0.0, 0.0, 2.0]), up=(0, 1, 0))
+    # Orthographic, 2 world units over 8 pixels: the square covers the central 4x4 pixels.
+    fr = _raster(orthographic(c2w, 8, 8, extent=2.0), SQUARE_V, SQUARE_F)
+    expected = np.zeros((8, 8), bool)
+    expected[2:6, 2:6] = True
+    np.testing.assert_array_equal(fr.mask, expected)
+    np.testing.assert_allclose(depth_map(fr), 2.0 * expected)
+    # Pinhole with a 90 degree fov at distance 2: the square spans 1/4 of the width.
+    fr = _raster(pinhole(c2w, 64, 64, fov=np.pi / 2), SQUARE_V, SQUARE_F)
+    expected = np.zeros((64, 64), bool)
+    expected[24:40, 24:40] = True
+    np.testing.assert_array_equal(fr.mask, expected)
+    np.testing.assert_allclose(fr.depth[expected], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(jnp.sum(fr.bary, -1)[expected], 1.0, rtol=1e-6)
+    assert int(fr.num_work) <= fr.work_budget
+
+
+def test_cube_faces_and_depth():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    c2w = look_at(jnp.array([0.0, 0.0, 3.0]), up=(0, 1, 0))
+    fr = _raster(orthographic(c2w, 16, 16, extent=2.0), cube.vertices, cube.faces)
+    expected = np.zeros((16, 16), bool)
+    expected[4:12, 4:12] = True
+    np.testing.assert_array_equal(fr.mask, expected)
+    np.testing.assert_allclose(fr.depth[expected], 2.5, rtol=1e-6)  # front face at z = 0.5
+    front = cube.face_normals[np.asarray(fr.face_id)[expected]]
+    np.testing.assert_allclose(front, np.tile([0, 0, 1.0], (64, 1)), atol=1e-6)
+
+
+def test_sphere_normal_map_matches_analytic():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.7)
+    c2w = look_at(jnp.array([0.3, -2.5, 0.8]))
+    cam = pinhole(c2w, 96, 96, fov=0.7)
+    v, f = jnp.asarray(sphere.vertices, jnp.float32), jnp.asarray(sphere.faces)
+    fr = jax.jit(lambda: rasterize(cam, v, f))()
+    n = normal_map(fr, v, f)
+    # The analytic normal is the unit vector to the hit point, found from the depth.
+    jj, ii = np.meshgrid(np.arange(96) + 0.5, np.arange(96) + 0.5)
+    f_px = float(cam.focal)
+    d_cam = np.stack([(jj - 48) / f_px, -(ii - 48) / f_px, -np.ones_like(jj)], -1)
+    hit = np.asarray(c2w)[:3, 3] + np.asarray(fr.depth)[..., None] * (
+        d_cam @ np.asarray(c2w)[:3, :3].T
+    )
+    analytic = hit / np.linalg.norm(hit, axis=-1, keepdims=True)
+    m = np.asarray(fr.mask)
+    cos = np.sum(np.asarray(n)[m] * analytic[m], axis=-1)
+    assert m.sum() > 2000 and np.min(cos) > 0.995
+    np.testing.assert_allclose(np.linalg.norm(hit[m], axis=-1), 0.7, atol=0.005)
+
+
+def test_agrees_with_trimesh_ray_casting():
+    rng = np.random.default_rng(0)
+    blob = trimesh.creation.icosphere(subdivisions=3, radius=0.6)
+    blob.vertices += rng.normal(scale=0.03, size=blob.vertices.shape)
+    box = trimesh.creation.box((0.5, 0.5, 0.5))
+    box.apply_translation([0.5, 0.3, 0.2])
+    mesh = trimesh.util.concatenate([blob, box])
+    size = 96
+    c2w = look_at(jnp.array([2.0, -2.5, 1.0]))
+    cam = pinhole(c2w, size, size, fov=0.9)
+    fr = _raster(cam, mesh.vertices.astype(np.float32), mesh.faces)
+    c2w, f_px = np.asarray(c2w), float(cam.focal)
+    jj, ii = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
+    d = np.stack([(jj - size / 2) / f_px, -(ii - size / 2) / f_px, -np.ones_like(jj)], -1)
+    d = d.reshape(-1, 3) @ c2w[:3, :3].T
+    origins = np.broadcast_to(c2w[:3, 3], d.shape)
+    loc, ray, _ = mesh.ray.intersects_location(origins, d, multiple_hits=False)
+    ref = np.zeros(size * size)
+    ref[ray] = (loc - c2w[:3, 3]) @ -c2w[:3, 2]
+    hit_ref = ref > 0
+    hit, ours = np.asarray(fr.mask).ravel(), np.asarray(fr.depth).ravel()
+    agree = (hit == hit_ref) & (~hit | (np.abs(ours - ref) < 1e-3))
+    assert hit.sum() > 1000 and agree.mean() > 0.99
+
+
+def test_batched_views_and_objects_with_padding():
+    cube = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    v = jnp.asarray(cube.vertices, jnp.float32)
+    f = jnp.asarray(cube.faces, jnp.int32)
+    eyes = jnp.array([[0.0, 0, 3], [3, 0, 0], [0, -3, 0], [-3, 0, 0]])
+    # A slightly tilted up vector: (0, 1, 0) would be parallel to the view from (0, -3, 0).
+    cams = orthographic(look_at(eyes, up=(0, 1, 0.01)), 16, 16, extent=2)
+    # Two objects: the cube, and the cube with half its faces masked out (padding).
+    masks = jnp.stack([jnp.ones(12, bool), jnp.arange(12) < 6])
+    run = jax.jit(jax.vmap(lambda m: rasterize_views(cams, v, f, m)))
+    fr = run(masks)
+    assert fr.face_id.shape == (2, 4, 16, 16) and fr.bary.shape == (2, 4, 16, 16, 3)
+    full = np.asarray(fr.mask[0]).sum(axis=(1, 2))
+    assert np.all(full == 64)
+    assert np.all(np.asarray(fr.face_id[1]) < 6)
+
+
+def test_overflow_is_reported():
+    c2w = look_at(jnp.array([0.0, 0.0, 2.0]), up=(0, 1, 0))
+    fr = _raster(pinhole(c2w, 64, 64, fov=np.pi / 2), SQUARE_V, SQUARE_F, work_budget=1, chunk=1)
+    assert bool(fr.overflow) and int(fr.num_work) == 8
+
+
+def test_gradients_flow_to_attributes():
+    c2w = look_at(jnp.array([0.0, 0.0, 2.0]), up=(0, 1, 0))
+    cam = pinhole(c2w, 32, 32, fov=np.pi / 2)
+    fr = rasterize(cam, SQUARE_V, SQUARE_F)
+    colors = jnp.ones((4, 3))
+    g = jax.grad(lambda c: jnp.sum(interpolate(fr, SQUARE_F, c)))(colors)
+    # Each vertex's gradient is the sum of its barycentric weights over covered pixels.
+    assert float(jnp.sum(g)) == pytest.approx(3 * int(fr.mask.sum()), rel=1e-5)
+    assert np.all(np.asarray(g) > 0)
+
+
+def test_grid_layout_round_trip():
+    views = np.arange(4 * 2 * 3 * 1).reshape(4, 2, 3, 1)
+    grid = grid_layout(views)
+    assert grid.shape == (4, 6, 1)
+    np.testing.assert_array_equal(grid[:2, 3:], views[1])
+    np.testing.assert_array_equal(grid[2:, :3], views[2])
+    np.testing.assert_array_equal(grid_split(grid), views)
+    with pytest.raises(ValueError, match="do not fill"):
+        grid_layout(views[:3], rows=2, cols=2)
+
+
+def test_render_cli(tmp_path):
+    from PIL import Image
+
+    from nd3d_jax.render.__main__ import main
+
+    path = tmp_path / "torus.obj"
+    trimesh.creation.torus(0.6, 0.25).export(path)
+    for kind in ("normal", "depth", "color"):
+        out = tmp_path / f"{kind}.png"
+        main([str(path), f"--out={out}", "--size=48", "--views=4", f"--kind={kind}", "--up=z"])
+        img = np.asarray(Image.open(out))
+        assert img.shape == (96, 96, 3)
+        # The object fills part of every view, the background the rest.
+        for view in grid_split(img):
+            fg = np.any(view != view[0, 0], axis=-1).mean()
+            assert 0.05 < fg < 0.9
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.obj"), f"--out={tmp_path}/x.png"])
