@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.refine = ml_collections.ConfigDict(dataclasses.asdict(RefineSettings()))
     config.eval_samples = 20000  # surface samples per mesh for the Chamfer distance
+    config.preview_size = 256  # pixels per view of preview.png
 
     if variant == "tiny":
         config.coarse_resolution = 32
@@ -45,4 +46,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.refine.num_uniform_points = 1024
         config.refine.resolution = 32
         config.eval_samples = 5000
+        config.preview_size = 96
     return config

@@ -2,7 +2,7 @@
 
 The geometry refinement stage (P2) on an analytic coarse field: builds the noisy coarse mesh,
 refines it with the SDF MLP, the deformable tet grid and marching tetrahedra, and writes
-`coarse.glb`, `refined.glb`, `refined.obj` and `summary.json` to the workdir.
+`coarse.glb`, `refined.glb`, `refined.obj`, `summary.json` and `preview.png` to the workdir.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
+from PIL import Image
 
 from nd3d_jax import config_cli
 from nd3d_jax.geometry import analytic
@@ -21,6 +23,7 @@ from nd3d_jax.geometry.extract import mesh_from_sdf
 from nd3d_jax.geometry.mesh_ops import export_mesh
 from nd3d_jax.geometry.refine import RefineSettings, refine_mesh
 from nd3d_jax.metrics.chamfer import mesh_chamfer
+from nd3d_jax.render.preview import render_preview
 
 
 def analytic_shape(shape: ml_collections.ConfigDict):
@@ -79,6 +82,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     for name, m in (("coarse.glb", coarse), ("refined.glb", refined), ("refined.obj", refined)):
         export_mesh(m, os.path.join(workdir, name))
+    # Normal-map views: coarse (left) beside refined (right), 2x2 views each.
+    views = [render_preview(m, config.preview_size, 4, "normal", up="z") for m in (coarse, refined)]
+    Image.fromarray(np.concatenate(views, axis=1)).save(os.path.join(workdir, "preview.png"))
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     _print_summary(summary, workdir)
@@ -98,6 +104,7 @@ def _print_summary(s: dict, workdir: str) -> None:
         ("volume", f"{r['volume']:.4f} (true {s['true']['volume']:.4f})"),
         ("time", ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in s["timings_s"].items())),
         ("outputs", f"{workdir}/{{coarse.glb, refined.glb, refined.obj, summary.json}}"),
+        ("preview", f"{workdir}/preview.png (normal maps: coarse left, refined right)"),
     ]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))

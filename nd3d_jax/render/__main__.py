@@ -8,82 +8,13 @@ colours), `depth` (near = bright), `color` (vertex colours, or grey shading with
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from PIL import Image
 
 from nd3d_jax.geometry.mesh_ops import load_mesh
-from nd3d_jax.render.camera import pinhole, ring_poses
-from nd3d_jax.render.maps import (
-    color_image,
-    grid_layout,
-    normal_map,
-    rasterize_views,
-    to_uint8,
-)
-from nd3d_jax.render.rasterize import default_work_budget, vertex_normals
-
-KINDS = ("normal", "depth", "color")
-FOV = 0.8  # radians; the ring radius frames the unit cube's bounding sphere
-
-
-def normalise(vertices: np.ndarray) -> np.ndarray:
-    """Centre the bounding box at the origin and scale its longest side to 1."""
-    lo, hi = vertices.min(0), vertices.max(0)
-    return (vertices - (lo + hi) / 2) / max(float((hi - lo).max()), 1e-12)
-
-
-def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", up: str = "y"):
-    """The preview grid as a uint8 (rows H, cols W, 3) array."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}, use one of {KINDS}")
-    unit = normalise(np.asarray(mesh.vertices))
-    vertices, faces = jnp.asarray(unit, jnp.float32), jnp.asarray(mesh.faces, jnp.int32)
-    # Far enough that the bounding sphere fits the field of view, with a 5% margin.
-    radius = float(np.linalg.norm(unit, axis=1).max()) / math.sin(FOV / 2) * 1.05
-    cams = pinhole(ring_poses(views, radius, up_axis="xyz".index(up)), size, size, fov=FOV)
-    budget = default_work_budget(len(mesh.faces), size, size, 8)
-
-    @jax.jit
-    def draw(vertices, faces):
-        frags = rasterize_views(cams, vertices, faces, work_budget=budget)
-        if kind == "normal":
-            img = jax.vmap(lambda f: (normal_map(f, vertices, faces) + 1) / 2)(frags)
-            img = jnp.where(frags.mask[..., None], img, 1.0)
-        elif kind == "depth":
-            d = frags.depth
-            near = jnp.min(jnp.where(frags.mask, d, jnp.inf))
-            far = jnp.max(d)
-            img = jnp.where(frags.mask, 1.0 - 0.8 * (d - near) / (far - near + 1e-9), 0.0)
-            img = jnp.repeat(img[..., None], 3, axis=-1)
-        else:
-            colors = vertex_colors(mesh, vertices, faces)
-            img = jax.vmap(lambda f: color_image(f, faces, colors))(frags)
-        return img, frags.num_work
-
-    img, num_work = draw(vertices, faces)
-    if int(jnp.max(num_work)) > budget:
-        raise RuntimeError(f"rasterizer work budget {budget} < {int(jnp.max(num_work))}")
-    rows = int(math.floor(math.sqrt(views)))
-    while views % rows:
-        rows -= 1
-    return to_uint8(grid_layout(img, rows=rows))
-
-
-def vertex_colors(mesh, vertices, faces) -> jax.Array:
-    """The mesh's vertex colours in [0, 1], or grey with a headlight-like shading."""
-    visual = getattr(mesh, "visual", None)
-    if visual is not None and visual.kind == "vertex":
-        return jnp.asarray(visual.vertex_colors[:, :3] / 255.0, jnp.float32)
-    n = vertex_normals(vertices, faces)
-    light = jnp.array([0.3, 0.5, 0.8]) / jnp.linalg.norm(jnp.array([0.3, 0.5, 0.8]))
-    shade = 0.35 + 0.65 * jnp.abs(n @ light)
-    return jnp.repeat(shade[:, None], 3, axis=1)
+from nd3d_jax.render.preview import KINDS, render_preview
 
 
 def main(argv: list[str] | None = None) -> None:
