@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from nd3d_jax.render.benchmarks import ray_cast_depth
 from nd3d_jax.render.camera import (
     focal_from_fov,
     fov_from_focal,
@@ -114,14 +115,7 @@ def test_agrees_with_trimesh_ray_casting():
     c2w = look_at(jnp.array([2.0, -2.5, 1.0]))
     cam = pinhole(c2w, size, size, fov=0.9)
     fr = _raster(cam, mesh.vertices.astype(np.float32), mesh.faces)
-    c2w, f_px = np.asarray(c2w), float(cam.focal)
-    jj, ii = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
-    d = np.stack([(jj - size / 2) / f_px, -(ii - size / 2) / f_px, -np.ones_like(jj)], -1)
-    d = d.reshape(-1, 3) @ c2w[:3, :3].T
-    origins = np.broadcast_to(c2w[:3, 3], d.shape)
-    loc, ray, _ = mesh.ray.intersects_location(origins, d, multiple_hits=False)
-    ref = np.zeros(size * size)
-    ref[ray] = (loc - c2w[:3, 3]) @ -c2w[:3, 2]
+    ref = ray_cast_depth(mesh, np.asarray(c2w), float(cam.focal), size).ravel()
     hit_ref = ref > 0
     hit, ours = np.asarray(fr.mask).ravel(), np.asarray(fr.depth).ravel()
     agree = (hit == hit_ref) & (~hit | (np.abs(ours - ref) < 1e-3))

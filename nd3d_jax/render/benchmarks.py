@@ -23,7 +23,9 @@ def _torus(num_faces: int) -> trimesh.Trimesh:
     return trimesh.creation.torus(0.6, 0.25, major_sections=major, minor_sections=minor)
 
 
-def _ray_cast_depth(mesh, c2w: np.ndarray, focal: float, size: int) -> np.ndarray:
+def ray_cast_depth(mesh, c2w: np.ndarray, focal: float, size: int) -> np.ndarray:
+    """Reference depth image: one trimesh ray per pixel centre of a square pinhole view
+    (OpenGL pose `c2w`, focal length in pixels), 0 where no face is hit."""
     jj, ii = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
     d = np.stack([(jj - size / 2) / focal, -(ii - size / 2) / focal, -np.ones_like(jj)], -1)
     d = d.reshape(-1, 3) @ c2w[:3, :3].T
@@ -43,7 +45,7 @@ def _bench(mesh: trimesh.Trimesh, size: int, opts: BenchOptions) -> Record:
     median = measure(lambda: fn(v, f), warmup=opts.warmup, repeats=opts.repeats)
     focal, pose = float(cam.focal), np.asarray(c2w)
     ref_repeats = opts.repeats if opts.quick else 1  # ray casting 512^2 px takes seconds
-    ref = measure(lambda: _ray_cast_depth(mesh, pose, focal, size), warmup=0, repeats=ref_repeats)
+    ref = measure(lambda: ray_cast_depth(mesh, pose, focal, size), warmup=0, repeats=ref_repeats)
     return Record(
         name=f"rasterize_depth_{size}px_{round(len(mesh.faces) / 1000)}k",
         device=device_name(),
