@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
 
 bench: $(STAMP)
-	$(BIN)/python -m nd3d_jax.benchmark geometry --out=out/bench/geometry.json
+	$(BIN)/python -m nd3d_jax.benchmark geometry render --out=out/bench/bench.json
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
