@@ -1,0 +1,182 @@
+"""Synthetic OmniObject3D: the published on-disk layout, filled with procedural objects.
+
+    raw_scans/<cat>/<cat>_<NNN>/Scan/{Scan.obj, Scan.mtl, Scan.jpg}     textured scan, +y up
+    blender_renders/<cat>/<cat>_<NNN>/render/images/r_<i>.png            RGBA renders
+    blender_renders/<cat>/<cat>_<NNN>/render/transforms.json             cameras
+    point_clouds/ply_files/<N>/<cat>/<cat>_<NNN>/pcd_<N>.ply             N surface points
+
+The renders follow the dataset's Blender script: the OBJ is imported the Blender way (+y up in
+the file becomes +z up: (x, y, z) -> (x, -z, y)), scaled by `scale = 0.99 / max |coordinate|`
+(stored per frame), and seen by cameras at distance ~4 from the origin under random rotations;
+`transform_matrix` is Blender's camera-to-world matrix (OpenGL axes) and `file_path` the image
+name without folder or extension, as in the real `transforms.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import trimesh
+from PIL import Image
+from scipy.spatial.transform import Rotation
+
+from data_pipelines.synthetic.shapes import CATEGORIES, make_object
+from nd3d_jax.render.camera import look_at, pinhole
+from nd3d_jax.render.maps import color_image, rasterize_views
+from nd3d_jax.render.rasterize import vertex_normals
+
+CAMERA_ANGLE_X = 2 * math.atan(18.0 / 50.0)  # Blender's default 50 mm lens, 36 mm sensor
+CAMERA_LOCATION = (0.0, 4.0, 0.5)  # before the random rotation, as in the dataset's script
+POINT_COUNTS = (1024, 4096)
+
+
+def blender_import(obj_vertices: np.ndarray) -> np.ndarray:
+    """OBJ (+y up) to Blender world (+z up) coordinates, as Blender's OBJ importer does."""
+    x, y, z = np.asarray(obj_vertices, np.float64).T
+    return np.stack([x, -z, y], axis=-1)
+
+
+def render_scale(world_vertices: np.ndarray) -> float:
+    """The dataset script's normalisation: the largest |coordinate| becomes 0.99."""
+    return 0.99 / float(np.abs(world_vertices).max())
+
+
+def _texture_atlas(mesh: trimesh.Trimesh, cell: int = 4):
+    """Per-face texture: each face gets a `cell`-pixel square of its colour in a grid atlas.
+
+    Returns (uv (F, 3, 2) in [0, 1] with v up, RGB atlas image uint8).
+    """
+    n = len(mesh.faces)
+    side = int(math.ceil(math.sqrt(n)))
+    size = side * cell
+    colors = mesh.visual.face_colors[:, :3]
+    atlas = np.zeros((side, side, 3), np.uint8)
+    atlas.reshape(-1, 3)[:n] = colors
+    atlas = np.repeat(np.repeat(atlas, cell, 0), cell, 1)
+    row, col = np.divmod(np.arange(n), side)
+    # A small triangle inside each cell (1 px margin), v measured from the bottom.
+    x0, y0 = (col * cell + 1) / size, (row * cell + 1) / size
+    d = (cell - 2) / size
+    corners = np.stack([[x0, y0], [x0 + d, y0], [x0, y0 + d]], axis=1)  # (2, 3, F) -> (F,3,2)
+    uv = np.transpose(corners, (2, 1, 0)).astype(np.float64)
+    uv[..., 1] = 1.0 - uv[..., 1]
+    return uv, atlas
+
+
+def write_scan(mesh: trimesh.Trimesh, scan_dir: str) -> None:
+    """Writes Scan.obj (+y up, with UVs), Scan.mtl and the Scan.jpg texture atlas."""
+    os.makedirs(scan_dir, exist_ok=True)
+    uv, atlas = _texture_atlas(mesh)
+    x, y, z = np.asarray(mesh.vertices).T
+    obj_vertices = np.stack([x, z, -y], axis=-1)  # our +z up -> the file's +y up
+    lines = ["# synthetic OmniObject3D scan", "mtllib Scan.mtl"]
+    lines += [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in obj_vertices]
+    lines += [f"vt {u:.6f} {v:.6f}" for u, v in uv.reshape(-1, 2)]
+    lines.append("usemtl material_0")
+    for i, (a, b, c) in enumerate(np.asarray(mesh.faces) + 1):
+        t = 3 * i + 1
+        lines.append(f"f {a}/{t} {b}/{t + 1} {c}/{t + 2}")
+    with open(os.path.join(scan_dir, "Scan.obj"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(scan_dir, "Scan.mtl"), "w") as f:
+        f.write("newmtl material_0\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nmap_Kd Scan.jpg\n")
+    Image.fromarray(atlas).save(os.path.join(scan_dir, "Scan.jpg"), quality=95)
+
+
+def camera_poses(num_views: int, rng: np.random.Generator) -> np.ndarray:
+    """(num_views, 4, 4) Blender camera-to-world matrices: the script's tracked camera at
+    CAMERA_LOCATION, rotated about the origin by uniform random Euler angles."""
+    base = np.asarray(look_at(np.asarray(CAMERA_LOCATION)), np.float64)
+    eulers = rng.uniform(0, 2 * np.pi, (num_views, 3))
+    rot = np.tile(np.eye(4), (num_views, 1, 1))
+    rot[:, :3, :3] = Rotation.from_euler("xyz", eulers).as_matrix()
+    return rot @ base
+
+
+def render_views(world_vertices, faces, colors, c2w, size: int) -> np.ndarray:
+    """RGBA uint8 renders (K, size, size, 4): two-sun Lambert shading, transparent background."""
+    cams = pinhole(jnp.asarray(c2w, jnp.float32), size, size, fov=CAMERA_ANGLE_X)
+    v, f = jnp.asarray(world_vertices, jnp.float32), jnp.asarray(faces, jnp.int32)
+    light = jnp.array([0.4, -0.3, 0.85]) / jnp.linalg.norm(jnp.array([0.4, -0.3, 0.85]))
+    n = vertex_normals(v, f)
+    shade = 0.3 + 0.7 * jnp.maximum(n @ light, 0.0) + 0.15 * jnp.maximum(-(n @ light), 0.0)
+    shaded = jnp.asarray(colors, jnp.float32) * shade[:, None]
+
+    @jax.jit
+    def draw():
+        frags = rasterize_views(cams, v, f)
+        rgb = jax.vmap(lambda fr: color_image(fr, f, shaded, background=(0.0, 0.0, 0.0)))(frags)
+        return jnp.concatenate([rgb, frags.mask[..., None].astype(jnp.float32)], axis=-1)
+
+    rgba = np.asarray(draw())
+    return (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_object(
+    root: str, category: str, index: int, seed: int, num_views: int = 8, image_size: int = 128
+) -> str:
+    """Writes one object in all three parts of the layout; returns its name `<cat>_<NNN>`."""
+    name = f"{category}_{index:03d}"
+    mesh = make_object(category, seed)
+    write_scan(mesh, os.path.join(root, "raw_scans", category, name, "Scan"))
+
+    # Renders, exactly as the dataset's script frames the imported scan.
+    x, y, z = np.asarray(mesh.vertices).T
+    world = blender_import(np.stack([x, z, -y], axis=-1))  # == our +z-up vertices
+    scale = render_scale(world)
+    rng = np.random.default_rng([seed, 1])
+    c2w = camera_poses(num_views, rng)
+    colors = mesh.visual.vertex_colors[:, :3] / 255.0
+    rgba = render_views(world * scale, mesh.faces, colors, c2w, image_size)
+    render_dir = os.path.join(root, "blender_renders", category, name, "render")
+    os.makedirs(os.path.join(render_dir, "images"), exist_ok=True)
+    frames = []
+    for i in range(num_views):
+        Image.fromarray(rgba[i], "RGBA").save(os.path.join(render_dir, "images", f"r_{i}.png"))
+        frames.append(
+            {
+                "file_path": f"r_{i}",
+                "rotation": 2 * math.pi / num_views,
+                "transform_matrix": c2w[i].tolist(),
+                "scale": scale,
+            }
+        )
+    with open(os.path.join(render_dir, "transforms.json"), "w") as f:
+        json.dump({"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}, f, indent=4)
+
+    # Point clouds sampled on the scan's surface, in the OBJ file's coordinates.
+    obj_mesh = trimesh.Trimesh(np.stack([x, z, -y], axis=-1), mesh.faces, process=False)
+    for n in POINT_COUNTS:
+        points, face_idx = trimesh.sample.sample_surface(obj_mesh, n, seed=seed)
+        cloud = trimesh.PointCloud(points, colors=mesh.visual.face_colors[face_idx])
+        out = os.path.join(root, "point_clouds", "ply_files", str(n), category, name)
+        os.makedirs(out, exist_ok=True)
+        cloud.export(os.path.join(out, f"pcd_{n}.ply"))
+    return name
+
+
+def write_omniobject3d(
+    out_dir: str,
+    num_objects: int,
+    seed: int = 0,
+    num_views: int = 8,
+    image_size: int = 128,
+    categories: tuple[str, ...] = CATEGORIES,
+    log=print,
+) -> list[str]:
+    """Writes `num_objects` objects, cycling through `categories`; returns `<cat>/<name>`s."""
+    if num_objects < 1:
+        raise ValueError(f"num_objects must be >= 1, got {num_objects}")
+    written = []
+    for i in range(num_objects):
+        category = categories[i % len(categories)]
+        name = write_object(out_dir, category, i // len(categories) + 1, seed * 100003 + i,
+                            num_views, image_size)  # fmt: skip
+        written.append(f"{category}/{name}")
+        log(f"[omniobject3d {i + 1}/{num_objects}] {category}/{name}")
+    return written
