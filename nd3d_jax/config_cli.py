@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import itertools
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,7 +31,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path.py[:arg]` by calling its `get_config(arg)`."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path!r}")
     module_spec = importlib.util.spec_from_file_location("_nd3d_config", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
@@ -48,7 +50,10 @@ def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:
     """Raises ConfigError if `dotted` ('a.b.c') is not a key path of `config`."""
     node, walked = config, []
     for part in dotted.split("."):
-        keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        if not isinstance(node, ml_collections.ConfigDict):
+            kind = type(node).__name__
+            raise ConfigError(f"unknown config key {dotted!r}: {'.'.join(walked)!r} is a {kind}")
+        keys = list(node.keys())
         if part not in keys:
             where = ".".join(walked) or "the top level"
             close = difflib.get_close_matches(part, keys, n=1)
@@ -59,15 +64,27 @@ def check_override_key(config: ml_collections.ConfigDict, dotted: str) -> None:
         node, walked = node[part], [*walked, part]
 
 
+def scan_argv(argv: Sequence[str], flag: str = "config") -> tuple[str | None, list[str]]:
+    """The config spec and the override keys in `argv`, read as ml_collections reads them.
+
+    Covers `--config=spec` and `--config spec`, `-` or `--`, `--config.a.b=v`, `--config.a.b v`,
+    `--noconfig.a.b` (booleans) and `--flagfile=...` expansion.
+    """
+    argv = flags.FLAGS.read_flags_from_files(list(argv), force_gnu=False)
+    is_spec = re.compile(rf"^--?{re.escape(flag)}(=|$)")
+    is_override = re.compile(rf"^--?(no)?{re.escape(flag)}\.")
+    spec, overrides = None, []
+    for arg, following in itertools.pairwise([*argv[1:], None]):
+        if m := is_spec.match(arg):
+            spec = arg[m.end() :] if m.group(1) else following
+        elif is_override.match(arg):
+            overrides.append(arg.partition("=")[0].split(".", 1)[1])
+    return spec, overrides
+
+
 def check_argv(argv: Sequence[str], flag: str = "config") -> None:
     """Validates `--config=...` and every `--config.<key>=...` override in `argv`."""
-    spec, overrides = None, []
-    for arg in argv[1:]:
-        name = arg[2:].partition("=")[0] if arg.startswith("--") else ""
-        if name == flag:
-            spec = arg.partition("=")[2]
-        elif name.startswith(flag + "."):
-            overrides.append(name[len(flag) + 1 :])
+    spec, overrides = scan_argv(argv, flag)
     if spec is None:
         return  # absl reports the missing required flag
     config = load_config(spec)

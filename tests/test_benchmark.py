@@ -42,12 +42,14 @@ def test_cli_writes_json(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(benchmark.SUITES, "fake", "fake_suite")
     out = tmp_path / "res" / "b.json"
-    benchmark.main(["fake", f"--out={out}", "--repeats=2"])
+    try:
+        benchmark.main(["fake", f"--out={out}", "--repeats=2"])
+    finally:
+        sys.modules.pop("fake_suite", None)
     records = json.loads(out.read_text())
     assert records[0]["name"] == "fake" and records[0]["ratio"] == pytest.approx(0.5)
     assert {"name", "device", "median_s", "reference", "reference_median_s"} <= set(records[0])
     assert "| fake |" in capsys.readouterr().out
-    sys.modules.pop("fake_suite", None)
 
 
 def test_unknown_suite(capsys):
