@@ -23,6 +23,7 @@ setup(
         "scipy>=1.14,<2",
         "absl-py>=2.1,<3",
         "pillow>=12,<14",
+        "charset-normalizer>=3,<4",  # trimesh decodes non-UTF-8 OBJ files with it
     ],
     extras_require={
         "test": [

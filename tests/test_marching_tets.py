@@ -181,3 +181,9 @@ def test_grid_fast_path_equals_general_path(deformed):
     )(sdf, verts)
     for a, b in zip(fast, general, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_clipped_surface_warns():
+    with pytest.warns(UserWarning, match="enlarge the bound"):
+        mesh = mesh_from_sdf(analytic.sphere(1.2), resolution=8)
+    assert not mesh.is_watertight

@@ -124,3 +124,8 @@ def test_bad_inputs(noisy_sphere):
         refine_mesh(coarse, lambda p: (field(p)[0], field(p)[1][:, :3]), TINY)
     with pytest.raises(ValueError, match="loss"):
         RefineSettings(loss="l1")
+    for bad in (0.0, 0.2):
+        with pytest.raises(ValueError, match="max_deform"):
+            RefineSettings(max_deform=bad)
+    with pytest.raises(ValueError, match="jitter_std"):
+        RefineSettings(jitter_std=-0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -83,6 +84,18 @@ def extract_mesh(
     if sdf.shape[0] != grid.num_vertices:
         raise ValueError(f"SDF has {sdf.shape[0]} values, the grid {grid.num_vertices} vertices")
     check_sdf_values(sdf)
+    n = grid.resolution + 1
+    volume = sdf.reshape(n, n, n)
+    faces_of_box = (volume[[0, -1]], volume[:, [0, -1]], volume[:, :, [0, -1]])
+    clipped = sum(int((f < 0).sum()) for f in faces_of_box)
+    if clipped:
+        warnings.warn(
+            f"the shape reaches the grid's boundary at {clipped} vertex values: the surface "
+            f"is cut open there; enlarge the bound (now {grid.bound})",
+            stacklevel=2,
+        )
+    if vertices is not None and not np.isfinite(np.asarray(vertices)).all():
+        raise ValueError("extract_mesh: deformed grid vertices contain NaN or inf")
     budget = max_faces or default_face_budget(grid.resolution)
     result = extract_jit(grid, sdf, vertices, max_faces=budget, max_vertices=budget)
     if bool(result.overflow):

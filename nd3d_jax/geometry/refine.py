@@ -71,6 +71,12 @@ class RefineSettings:
         for name in ("num_key_points", "steps", "resolution", "query_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"refine {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_jitter_copies", "num_uniform_points", "jitter_std", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"refine {name} must be >= 0, got {getattr(self, name)}")
+        # Below 1/6 of a cell no tet can invert (tet_grid.py); 0 would divide by zero.
+        if not 0 < self.max_deform < 1 / 6:
+            raise ValueError(f"refine max_deform must be in (0, 1/6), got {self.max_deform}")
 
 
 class RefinePrograms(NamedTuple):
