@@ -24,15 +24,22 @@ setup(
         "absl-py>=2.1,<3",
         "pillow>=12,<14",
         "charset-normalizer>=3,<4",  # trimesh decodes non-UTF-8 OBJ files with it
+        "rtree>=1.3,<2",  # trimesh's closest-point queries (SDF targets)
+        # Data preparation and loading: tfds (TF encodes images) writing ArrayRecord, grain.
+        "tensorflow-cpu>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "importlib_resources>=7.1,<8",  # tfds imports it lazily
+        "array-record>=0.8.6,<0.9",
+        "grain>=0.2.18,<0.3",
+        "tqdm>=4.67,<5",
     ],
     extras_require={
         "test": [
             "pytest>=9,<10",
             "ruff>=0.17.6,<0.18",
             "scikit-image>=0.26,<0.27",
-            "rtree>=1.3,<2",
             "embreex>=4.4,<5",
         ],
-        "bench": ["scikit-image>=0.26,<0.27", "rtree>=1.3,<2", "embreex>=4.4,<5"],
+        "bench": ["scikit-image>=0.26,<0.27", "embreex>=4.4,<5"],
     },
 )

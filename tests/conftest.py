@@ -10,3 +10,5 @@ os.environ["XLA_FLAGS"] = (
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+pytest_plugins = ["data_fixtures"]

@@ -98,10 +98,10 @@ def camera_poses(num_views: int, rng: np.random.Generator) -> np.ndarray:
     return rot @ base
 
 
-def render_views(world_vertices, faces, colors, c2w, size: int) -> np.ndarray:
-    """RGBA uint8 renders (K, size, size, 4): two-sun Lambert shading, transparent background."""
-    cams = pinhole(jnp.asarray(c2w, jnp.float32), size, size, fov=CAMERA_ANGLE_X)
-    v, f = jnp.asarray(world_vertices, jnp.float32), jnp.asarray(faces, jnp.int32)
+def render_rgba(cams, vertices, faces, colors) -> np.ndarray:
+    """RGBA uint8 renders (K, H, W, 4) of a vertex-coloured mesh through a batch of cameras:
+    two-sided Lambert shading under one sun, transparent background."""
+    v, f = jnp.asarray(vertices, jnp.float32), jnp.asarray(faces, jnp.int32)
     light = jnp.array([0.4, -0.3, 0.85]) / jnp.linalg.norm(jnp.array([0.4, -0.3, 0.85]))
     n = vertex_normals(v, f)
     shade = 0.3 + 0.7 * jnp.maximum(n @ light, 0.0) + 0.15 * jnp.maximum(-(n @ light), 0.0)
@@ -115,6 +115,12 @@ def render_views(world_vertices, faces, colors, c2w, size: int) -> np.ndarray:
 
     rgba = np.asarray(draw())
     return (np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def render_views(world_vertices, faces, colors, c2w, size: int) -> np.ndarray:
+    """The dataset's square renders (K, size, size, 4) with its field of view."""
+    cams = pinhole(jnp.asarray(c2w, jnp.float32), size, size, fov=CAMERA_ANGLE_X)
+    return render_rgba(cams, world_vertices, faces, colors)
 
 
 def write_object(

@@ -1,0 +1,195 @@
+"""What the Pix3D and OmniObject3D tfds builders share: configs, features, splits by shape,
+the worker pool, and the skip report.
+
+Preparation runs in two passes over a split, both in a pool of spawned worker processes: first
+every distinct shape (unit-cube transform, surface and SDF samples: the slow part, done once
+per shape however many images show it), then every example. A bad file costs its examples,
+is named in a log line and counted by reason; with `strict=True` the first one stops the run.
+Examples are yielded only when complete, and tfds renames its output folder into place only
+when every split is written, so no partial record is ever left behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tqdm import tqdm
+
+from data_pipelines.examples import Spec, prepare_shape
+
+TINY = Spec(image_size=64, num_surface=256, num_sdf_near=256, num_sdf_uniform=128)
+
+
+@dataclasses.dataclass(eq=False)
+class PrepareConfig(tfds.core.BuilderConfig):
+    spec: Spec = dataclasses.field(default_factory=Spec)
+    image_encoding: str = "jpeg"  # input photos; masks and renders are always PNG
+
+
+CONFIGS = [
+    PrepareConfig(
+        name="default",
+        description="paper sizes: 512 x 512 images, 4096 surface points, 6144 SDF queries",
+    ),  # fmt: skip
+    PrepareConfig(
+        name="tiny",
+        spec=TINY,
+        image_encoding="png",
+        description="64 x 64 images, few samples: tests and demos",
+    ),  # fmt: skip
+]
+
+
+class PrepareError(RuntimeError):
+    """A bad example under `strict=True`, or a manual folder that is not the data set."""
+
+
+def camera_features(batch: tuple[int, ...] = ()) -> tfds.features.FeaturesDict:
+    return tfds.features.FeaturesDict({
+        "c2w": tfds.features.Tensor(shape=(*batch, 4, 4), dtype=np.float32),
+        "focal": tfds.features.Tensor(shape=batch, dtype=np.float32),
+        "principal": tfds.features.Tensor(shape=(*batch, 2), dtype=np.float32),
+    })  # fmt: skip
+
+
+def common_features(spec: Spec, image_encoding: str) -> dict:
+    s, n, m = spec.image_size, spec.num_surface, spec.num_sdf_near + spec.num_sdf_uniform
+    vec = lambda count: tfds.features.Tensor(shape=(count, 3), dtype=np.float32)  # noqa: E731
+    return {
+        "image": tfds.features.Image(shape=(s, s, 3), encoding_format=image_encoding),
+        "mask": tfds.features.Image(shape=(s, s, 1), encoding_format="png"),
+        "category": tfds.features.Text(),
+        "caption": tfds.features.Text(),
+        "shape_id": tfds.features.Text(),
+        "key": tfds.features.Text(),  # the source: image path (Pix3D), <cat>/<obj> (Omni)
+        "camera": camera_features(),
+        "points": vec(n),
+        "normals": vec(n),
+        "colors": vec(n),
+        "sdf_points": vec(m),
+        "sdf_values": tfds.features.Tensor(shape=(m,), dtype=np.float32),
+    }
+
+
+def split_by_shape(shape_ids, test_fraction: float) -> set[str]:
+    """The test shapes: the ceil(fraction * n) shapes first in SHA-1 order (at least one when
+    there are two or more): deterministic, independent of file order, no shape in both."""
+    ids = sorted(set(shape_ids), key=lambda s: hashlib.sha1(s.encode()).hexdigest())
+    count = math.ceil(test_fraction * len(ids))
+    if test_fraction > 0 and len(ids) >= 2:
+        count = min(max(count, 1), len(ids) - 1)
+    return set(ids[:count])
+
+
+def read_split_file(path: str) -> dict[str, set[str]]:
+    """A user split: JSON {"train": [...], "test": [...]} of example keys or shape ids."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        splits = {name: set(map(str, data[name])) for name in data}
+    except (OSError, ValueError, TypeError) as e:
+        raise PrepareError(f"{path}: cannot read the split file ({e})") from e
+    if not splits or not all(isinstance(v, set) for v in splits.values()):
+        raise PrepareError(f'{path}: expected {{"train": [...], "test": [...]}}')
+    return splits
+
+
+class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the two builders: subclasses index the manual folder and name the example job."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = CONFIGS
+    example_job: Callable  # prepare_pix3d / prepare_omniobject3d
+
+    def __init__(self, *, strict: bool = False, num_workers: int | None = None,
+                 split_file: str | None = None, test_fraction: float = 0.1,
+                 caption_template: str | None = None, log: Callable[[str], None] | None = None,
+                 **kwargs):  # fmt: skip
+        super().__init__(**kwargs)
+        if not 0.0 <= test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        self.strict, self.split_file, self.test_fraction = strict, split_file, test_fraction
+        self.num_workers = num_workers or os.cpu_count() or 1
+        self.spec = self.builder_config.spec
+        if caption_template is not None:
+            if "{category}" not in caption_template:
+                raise ValueError(f"caption template {caption_template!r} lacks '{{category}}'")
+            self.spec = dataclasses.replace(self.spec, caption_template=caption_template)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.skipped: collections.Counter[str] = collections.Counter()
+        self.written: collections.Counter[str] = collections.Counter()
+
+    # -- subclass hooks --------------------------------------------------------------------
+    def extra_features(self) -> dict:
+        return {}
+
+    def index(self, root: str) -> tuple[list[dict], dict[str, str]]:
+        """(items with 'key' and 'shape_id', {shape_id: mesh path})."""
+        raise NotImplementedError
+
+    # -- tfds ------------------------------------------------------------------------------
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        features = common_features(config.spec, config.image_encoding) | self.extra_features()
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features))
+
+    def skip(self, reason: str, path: str, detail: str = "", count: int = 1) -> None:
+        message = f"{path}: {reason}" + (f" ({detail})" if detail else "")
+        if self.strict:
+            raise PrepareError(message)
+        self.skipped[reason] += count
+        self.log(f"skipped {count} example{'s' * (count != 1)}: {message}")
+
+    def _split_generators(self, dl_manager):
+        root = os.fspath(dl_manager.manual_dir)
+        if not os.path.isdir(root):
+            raise PrepareError(f"manual_dir {root} does not exist")
+        items, self._shape_paths = self.index(root)
+        if self.split_file:
+            user = read_split_file(self.split_file)
+            splits = {name: [it for it in items if it["key"] in keys or it["shape_id"] in keys]
+                      for name, keys in user.items()}  # fmt: skip
+        else:
+            test = split_by_shape([it["shape_id"] for it in items], self.test_fraction)
+            splits = {"train": [it for it in items if it["shape_id"] not in test],
+                      "test": [it for it in items if it["shape_id"] in test]}  # fmt: skip
+        return {name: self._generate_examples(its, name) for name, its in splits.items() if its}
+
+    def _map(self, fn, jobs, desc: str) -> Iterator[tuple]:
+        if self.num_workers <= 1 or len(jobs) <= 1:
+            yield from (fn(job) for job in tqdm(jobs, desc=desc, file=sys.stderr))
+            return
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds TF threads
+        with ctx.Pool(min(self.num_workers, len(jobs))) as pool:
+            results = pool.imap_unordered(fn, jobs)
+            yield from tqdm(results, total=len(jobs), desc=desc, file=sys.stderr)
+
+    def _generate_examples(self, items: list[dict], split: str):
+        by_shape = collections.defaultdict(list)
+        for it in items:
+            by_shape[it["shape_id"]].append(it)
+        jobs = [(sid, self._shape_paths[sid], self.spec) for sid in sorted(by_shape)]
+        shapes = {}
+        for result in self._map(prepare_shape, jobs, "shapes"):
+            if result[0] == "ok":
+                shapes[result[1]] = result[2]
+            else:
+                self.skip(*result[2:], count=len(by_shape[result[1]]))
+        jobs = [(it, shapes[it["shape_id"]], self.spec) for it in items if it["shape_id"] in shapes]
+        for result in self._map(type(self).example_job, jobs, "examples"):
+            if result[0] == "ok":
+                self.written[split] += 1
+                yield result[1], result[2]
+            else:
+                self.skip(*result[2:])

@@ -1,0 +1,212 @@
+"""Per-shape and per-example preparation jobs (run in worker processes; NumPy/PIL/trimesh only).
+
+Each job returns `("ok", key, value)` or `("skip", key, reason, path, detail)`, never raises
+for bad data, so one broken file costs one example and the pool keeps going.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import zlib
+
+import numpy as np
+
+from data_pipelines import cameras
+from data_pipelines.images import BadExample, alpha_mask, read_image, square_image, to_rgb
+from data_pipelines.shape_samples import shape_samples, unit_cube_transform
+from nd3d_jax.geometry.mesh_ops import MeshError, load_mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What one example holds; the builder config's numbers, passed to every worker."""
+
+    image_size: int = 512  # paper, "Data preprocessing": every image resized to 512 x 512
+    num_surface: int = 4096
+    num_sdf_near: int = 4096
+    num_sdf_uniform: int = 2048
+    grid_rows: int = 2  # OmniObject3D K-view grid (DESIGN: 2 x 2 views in one 512 x 512 image)
+    grid_cols: int = 2
+    input_view: int = 0  # OmniObject3D render used as the input image
+    caption_template: str = "a photo of a {category}"
+
+    def caption(self, category: str) -> str:
+        return self.caption_template.format(category=category.replace("_", " "))
+
+
+def _mesh_reason(error: Exception) -> str:
+    text = str(error)
+    if isinstance(error, FileNotFoundError):
+        return "missing mesh"
+    if "NaN or inf" in text:
+        return "NaN vertices"
+    if "no faces" in text or "no triangle mesh" in text:
+        return "empty mesh"
+    return "unreadable mesh"
+
+
+def _run(key, fn, *args):
+    try:
+        return ("ok", key, fn(*args))
+    except BadExample as e:
+        return ("skip", key, e.reason, e.path, e.detail)
+
+
+def _shape(path: str, spec: Spec, seed: int) -> dict:
+    try:
+        mesh = load_mesh(path)
+    except (MeshError, FileNotFoundError) as e:
+        raise BadExample(_mesh_reason(e), path, str(e).removeprefix(f"{path}: ")) from e
+    centre, scale = unit_cube_transform(np.asarray(mesh.vertices))
+    unit = mesh.copy()
+    unit.vertices = (np.asarray(mesh.vertices) - centre) * scale
+    s = shape_samples(unit, num_surface=spec.num_surface, num_near=spec.num_sdf_near,
+                      num_uniform=spec.num_sdf_uniform, seed=seed)  # fmt: skip
+    return {"centre": centre, "scale": scale, **s._asdict()}
+
+
+def prepare_shape(job) -> tuple:
+    """job = (shape_id, mesh path, Spec): the unit-cube transform and the shape's samples."""
+    shape_id, path, spec = job
+    return _run(shape_id, _shape, path, spec, zlib.crc32(shape_id.encode()))
+
+
+def _shape_features(shape: dict) -> dict:
+    keys = ("points", "normals", "colors", "sdf_points", "sdf_values")
+    return {k: shape[k] for k in keys}
+
+
+def _camera(c2w, focal, principal) -> dict:
+    return {"c2w": np.asarray(c2w, np.float32), "focal": np.float32(focal),
+            "principal": np.asarray(principal, np.float32)}  # fmt: skip
+
+
+def _finite(value, shape, what: str, where: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, np.float64)
+    except (TypeError, ValueError) as e:
+        raise BadExample("bad annotation", where, f"{what} is not numeric") from e
+    if array.shape != shape or not np.isfinite(array).all():
+        raise BadExample("bad annotation", where, f"{what} must be finite with shape {shape}")
+    return array
+
+
+def _pix3d(item: dict, shape: dict, spec: Spec) -> dict:
+    root, entry = item["root"], item["entry"]
+    where = f"{os.path.join(root, 'pix3d.json')} [{item['key']}]"
+    rot = _finite(entry.get("rot_mat"), (3, 3), "rot_mat", where)
+    trans = _finite(entry.get("trans_mat"), (3,), "trans_mat", where)
+    focal_mm = float(_finite(entry.get("focal_length"), (), "focal_length", where))
+    if focal_mm <= 0:
+        raise BadExample("bad annotation", where, f"focal_length {focal_mm} <= 0")
+    image_path = os.path.join(root, entry["img"])
+    image = read_image(image_path)
+    mask_path = os.path.join(root, entry["mask"])
+    mask = read_image(mask_path, what="mask")
+    if mask.size != image.size:
+        raise BadExample("mask size mismatch", mask_path, f"mask {mask.size}, image {image.size}")
+    width, height = image.size
+    focal, principal = cameras.square_pad_resize_intrinsics(
+        cameras.pix3d_focal_pixels(focal_mm, width), width, height, spec.image_size
+    )
+    c2w = cameras.pix3d_c2w(rot, trans, shape["centre"], shape["scale"])
+    mask_array = np.asarray(mask.convert("L")) > 127
+    return {
+        "image": square_image(to_rgb(image), spec.image_size),
+        "mask": square_image(mask_array, spec.image_size, mask=True)[..., None].astype(np.uint8),
+        "category": entry["category"],
+        "caption": spec.caption(entry["category"]),
+        "shape_id": item["shape_id"],
+        "key": item["key"],
+        "camera": _camera(c2w, focal, principal),
+        **_shape_features(shape),
+    }
+
+
+def prepare_pix3d(job) -> tuple:
+    """job = (item, shape dict, Spec) for one Pix3D image."""
+    item, shape, spec = job
+    return _run(item["key"], _pix3d, item, shape, spec)
+
+
+def _read_transforms(path: str) -> tuple[float, list]:
+    if not os.path.isfile(path):
+        raise BadExample("missing transforms.json", path)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        angle, frames = float(meta["camera_angle_x"]), list(meta["frames"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BadExample("bad transforms.json", path, f"{type(e).__name__}: {e}") from e
+    if not frames or not 0 < angle < math.pi:
+        raise BadExample("bad transforms.json", path, "no frames or camera_angle_x out of range")
+    return angle, frames
+
+
+def _render(render_dir: str, frame: dict, angle: float, shape: dict, size: int, where: str):
+    """One OmniObject3D render composited on white and resized, with its camera."""
+    try:
+        name = os.path.basename(str(frame["file_path"]))
+        c2w = _finite(frame["transform_matrix"], (4, 4), "transform_matrix", where)
+        render_scale = float(frame.get("scale", 1.0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadExample("bad transforms.json", where, f"{type(e).__name__}: {e}") from e
+    if not name.endswith(".png"):
+        name += ".png"
+    image = read_image(os.path.join(render_dir, "images", name))
+    focal, principal = cameras.square_pad_resize_intrinsics(
+        cameras.focal_from_angle(angle, image.width), image.width, image.height, size
+    )
+    pose = cameras.blender_c2w_to_obj_frame(c2w, render_scale, shape["centre"], shape["scale"])
+    rgb = square_image(to_rgb(image), size)
+    mask = square_image(alpha_mask(image), size, mask=True)
+    return rgb, mask, _camera(pose, focal, principal)
+
+
+def view_indices(num_frames: int, input_view: int, count: int) -> list[int]:
+    """`count` renders spread evenly over those other than the input view."""
+    others = [i for i in range(num_frames) if i != input_view]
+    pick = np.linspace(0, len(others), count, endpoint=False).astype(int)
+    return [others[i] for i in pick]
+
+
+def _omniobject3d(item: dict, shape: dict, spec: Spec) -> dict:
+    render_dir = item["render_dir"]
+    where = os.path.join(render_dir, "transforms.json")
+    angle, frames = _read_transforms(where)
+    count = spec.grid_rows * spec.grid_cols
+    if len(frames) < count + 1 or spec.input_view >= len(frames):
+        raise BadExample("too few renders", where, f"{len(frames)} frames, need {count + 1}")
+    rgb, mask, camera = _render(render_dir, frames[spec.input_view], angle, shape,
+                                spec.image_size, where)  # fmt: skip
+    tile = spec.image_size // spec.grid_cols
+    views = [_render(render_dir, frames[i], angle, shape, tile, where)
+             for i in view_indices(len(frames), spec.input_view, count)]  # fmt: skip
+    rows = [np.concatenate([v[0] for v in views[r * spec.grid_cols : (r + 1) * spec.grid_cols]], 1)
+            for r in range(spec.grid_rows)]  # fmt: skip
+    stack = lambda k: np.stack([v[2][k] for v in views])  # noqa: E731
+    return {
+        "image": rgb,
+        "mask": mask[..., None].astype(np.uint8),
+        "category": item["category"],
+        "caption": spec.caption(item["category"]),
+        "shape_id": item["shape_id"],
+        "key": item["key"],
+        "camera": camera,
+        "views": np.concatenate(rows, 0),
+        "view_cameras": {
+            "c2w": stack("c2w"),
+            "focal": stack("focal"),
+            "principal": stack("principal"),
+        },  # fmt: skip
+        **_shape_features(shape),
+    }
+
+
+def prepare_omniobject3d(job) -> tuple:
+    """job = (item, shape dict, Spec) for one OmniObject3D object."""
+    item, shape, spec = job
+    return _run(item["key"], _omniobject3d, item, shape, spec)

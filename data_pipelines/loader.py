@@ -1,0 +1,156 @@
+"""grain input pipeline over a prepared data set: shard, shuffle, normalise, flip, batch.
+
+    source = data_source(data_dir, "pix3d", split="train")
+    it = make_iterator(source, batch_size=8, train=True, seed=0)
+    batch = next(it); state = it.get_state()   # saved beside the train state (orbax)
+
+Per process: `ds[process_index::process_count]` (disjoint shards, so every host reads its own
+examples), then a seeded shuffle that changes every epoch; batches are per-process, joined
+across hosts with `jax.make_array_from_process_local_data`. Images are normalised as CLIP
+expects (paper, "Data preprocessing"); training applies a random horizontal flip that mirrors
+the whole example consistently: image, mask, view grid, the shape across x = 0 and the cameras.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import numpy as np
+
+from data_pipelines.cameras import flip_c2w
+
+# Paper, "Data preprocessing": CLIP's mean and std over [0, 1] pixel values.
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+_X_FIELDS = ("points", "normals", "sdf_points")  # 3-vectors whose x flips with the world
+_STRINGS = ("caption", "category", "shape_id", "key")
+
+
+def dataset_path(data_dir: str, dataset: str, config: str = "default") -> str:
+    """The newest prepared version folder, `<data_dir>/<dataset>/<config>/<version>`."""
+    root = os.path.join(data_dir, dataset, config)
+    versions = [v for v in os.listdir(root)] if os.path.isdir(root) else []
+    versions = [v for v in versions if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+    if not versions:
+        raise FileNotFoundError(
+            f"no prepared {dataset}/{config} under {data_dir}: run python -m "
+            f"data_pipelines.prepare --dataset={dataset} --config={config} --data_dir={data_dir}"
+        )
+    return os.path.join(root, max(versions, key=lambda v: tuple(map(int, v.split(".")))))
+
+
+def data_source(data_dir: str, dataset: str, split: str = "train", config: str = "default"):
+    """Random-access source over the ArrayRecord files (decodes one example per index)."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(dataset_path(data_dir, dataset, config))
+    if split not in builder.info.splits:
+        raise ValueError(f"{dataset} has no split {split!r}; it has {list(builder.info.splits)}")
+    return builder.as_data_source(split=split)
+
+
+def normalize_image(image: np.ndarray) -> np.ndarray:
+    """uint8 (..., 3) -> float32 CLIP-normalised: (x / 255 - mean) / std."""
+    return (image.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+
+
+def to_model_inputs(example: dict) -> dict:
+    """Decoded tfds example -> flat float32 arrays (cameras as camera/*, view_cameras/*)."""
+    out = {
+        "image": normalize_image(example["image"]),
+        "mask": example["mask"].astype(np.float32),
+        "flipped": np.bool_(False),
+    }
+    for key in _STRINGS:
+        value = example[key]
+        out[key] = value.decode() if isinstance(value, bytes) else str(value)
+    for key in ("points", "normals", "colors", "sdf_points", "sdf_values"):
+        out[key] = np.asarray(example[key], np.float32)
+    for group in ("camera", "view_cameras"):
+        if group in example:
+            for key, value in example[group].items():
+                out[f"{group}/{key}"] = np.asarray(value, np.float32)
+    if "views" in example:
+        out["views"] = normalize_image(example["views"])
+    return out
+
+
+def flip_example(example: dict, grid_cols: int = 2) -> dict:
+    """The example mirrored left-right, consistently (see `cameras.flip_c2w`)."""
+    out = dict(example)
+    out["image"] = example["image"][:, ::-1]
+    out["mask"] = example["mask"][:, ::-1]
+    for key in _X_FIELDS:
+        out[key] = example[key] * np.array([-1.0, 1.0, 1.0], np.float32)
+    width = example["image"].shape[1]
+    for group, size in (("camera", width), ("view_cameras", None)):
+        if f"{group}/c2w" not in example:
+            continue
+        if size is None:  # each tile of the view grid flips in place
+            views = example["views"]
+            rows = views.shape[0] // (views.shape[1] // grid_cols)
+            tiles = views.reshape(rows, views.shape[0] // rows, grid_cols, -1, views.shape[2])
+            out["views"] = tiles[:, :, :, ::-1].reshape(views.shape)
+            size = views.shape[1] // grid_cols
+        out[f"{group}/c2w"] = flip_c2w(example[f"{group}/c2w"]).astype(np.float32)
+        principal = example[f"{group}/principal"].copy()
+        principal[..., 0] = size - principal[..., 0]
+        out[f"{group}/principal"] = principal
+    out["flipped"] = np.bool_(not example["flipped"])
+    return out
+
+
+class RandomFlip(grain.transforms.RandomMap):
+    """Flips with probability `p` (paper: random horizontal flip in training)."""
+
+    def __init__(self, p: float = 0.5, grid_cols: int = 2):
+        self.p, self.grid_cols = p, grid_cols
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        return flip_example(element, self.grid_cols) if rng.random() < self.p else element
+
+
+def make_dataset(
+    source,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_epochs: int | None = None,
+    flip_probability: float = 0.5,
+    grid_cols: int = 2,
+) -> grain.MapDataset:
+    """Sharded, shuffled (train), normalised, flipped (train) and batched MapDataset.
+
+    `shard_index`/`shard_count` default to `jax.process_index()`/`jax.process_count()`.
+    Training repeats forever (or `num_epochs`) and drops the last partial batch; evaluation
+    reads its shard once, in order, keeping the remainder.
+    """
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = grain.MapDataset.source(source)[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index}/{shard_count} of {len(source)} examples is empty")
+    ds = ds.seed(seed)
+    if train:
+        ds = ds.shuffle().repeat(num_epochs)
+    ds = ds.map(to_model_inputs)
+    if train and flip_probability > 0:
+        ds = ds.random_map(RandomFlip(flip_probability, grid_cols))
+    return ds.batch(batch_size, drop_remainder=train)
+
+
+def make_iterator(source, *, num_threads: int = 8, prefetch: int = 16, **kwargs):
+    """A checkpointable iterator (`get_state()` / `set_state(state)`) reading with
+    `num_threads` worker threads; kwargs go to `make_dataset`."""
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(make_dataset(source, **kwargs).to_iter_dataset(options))

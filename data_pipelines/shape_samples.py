@@ -1,0 +1,144 @@
+"""Shape supervision for one object: unit-cube normalisation, coloured surface samples and SDF
+query points with signed distances.
+
+Pure NumPy/trimesh (no JAX, no TensorFlow), so preparation workers start fast. Signs come from
+the generalised winding number (Jacobson et al. 2013), which stays right for the
+non-watertight, self-intersecting meshes both datasets ship; distances from the closest point
+on the surface.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import trimesh
+
+DEFAULT_COLOR = (0.5, 0.5, 0.5)  # meshes without colours or textures (most Pix3D models)
+
+
+def unit_cube_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """(centre, scale) taking the bounding box to the unit cube: centred at the origin, the
+    longest side 1, so the shape lies in [-0.5, 0.5]^3 (as `nd3d_jax.render.preview`)."""
+    lo, hi = vertices.min(0), vertices.max(0)
+    extent = float((hi - lo).max())
+    if not np.isfinite(extent) or extent <= 0:
+        raise ValueError("cannot normalise a mesh with zero or non-finite extent")
+    return ((lo + hi) / 2).astype(np.float64), 1.0 / extent
+
+
+def _texture_image(mesh: trimesh.Trimesh):
+    material = getattr(mesh.visual, "material", None)
+    image = getattr(material, "image", None)
+    if image is None and material is not None and hasattr(material, "baseColorTexture"):
+        image = material.baseColorTexture
+    return image
+
+
+def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int):
+    """`count` area-weighted points with face normals and RGB colours in [0, 1] (float32).
+
+    Colours come from the texture at the sampled UV, else the vertex/face colours, else a
+    material's diffuse colour, else DEFAULT_COLOR.
+    """
+    points, face_index, bary = trimesh.sample.sample_surface(
+        mesh, count, seed=seed, return_barycentric=True
+    )
+    normals = mesh.face_normals[face_index]
+    visual = mesh.visual
+    colors = np.broadcast_to(np.asarray(DEFAULT_COLOR), (count, 3))
+    uv = getattr(visual, "uv", None)
+    image = _texture_image(mesh)
+    if uv is not None and image is not None and len(uv) == len(mesh.vertices):
+        tri_uv = np.asarray(uv)[mesh.faces[face_index]]  # (count, 3, 2)
+        sample_uv = np.einsum("nk,nkd->nd", bary, tri_uv)
+        colors = trimesh.visual.uv_to_interpolated_color(sample_uv, image)[:, :3] / 255.0
+    elif visual.kind in ("vertex", "face"):
+        if visual.kind == "vertex":
+            vc = np.asarray(visual.vertex_colors, np.float64)[:, :3] / 255.0
+            colors = np.einsum("nk,nkd->nd", bary, vc[mesh.faces[face_index]])
+        else:
+            colors = np.asarray(visual.face_colors, np.float64)[face_index, :3] / 255.0
+    elif getattr(visual, "material", None) is not None:
+        diffuse = getattr(visual.material, "diffuse", None)
+        if diffuse is None:
+            diffuse = getattr(visual.material, "baseColorFactor", None)
+        if diffuse is not None:
+            colors = np.broadcast_to(np.asarray(diffuse, np.float64)[:3] / 255.0, (count, 3))
+    return (
+        points.astype(np.float32),
+        normals.astype(np.float32),
+        np.clip(colors, 0.0, 1.0).astype(np.float32),
+    )
+
+
+def winding_number(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, chunk=1 << 18):
+    """Generalised winding number of the triangle soup at `points`: ~1 inside, ~0 outside.
+
+    Sum over faces of the signed solid angle (Van Oosterom & Strackee 1983) over 4 pi, in
+    float32 component arithmetic (~30 ns per point-face pair on one core), processed in chunks
+    of points so at most `chunk` point-face pairs are live at once.
+    """
+    tri = np.asarray(vertices, np.float32)[np.asarray(faces)]  # (F, 3, 3)
+    a0, b0, c0 = (np.ascontiguousarray(tri[:, k].T) for k in range(3))  # (3, F) each
+    pts = np.asarray(points, np.float32)
+    step = max(1, chunk // max(len(tri), 1))
+    out = np.empty(len(pts))
+    for s in range(0, len(pts), step):
+        p = pts[s : s + step, :, None]  # (P, 3, 1) against (3, F)
+        ax, ay, az = a0[0] - p[:, 0], a0[1] - p[:, 1], a0[2] - p[:, 2]
+        bx, by, bz = b0[0] - p[:, 0], b0[1] - p[:, 1], b0[2] - p[:, 2]
+        cx, cy, cz = c0[0] - p[:, 0], c0[1] - p[:, 1], c0[2] - p[:, 2]
+        la = np.sqrt(ax * ax + ay * ay + az * az)
+        lb = np.sqrt(bx * bx + by * by + bz * bz)
+        lc = np.sqrt(cx * cx + cy * cy + cz * cz)
+        num = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+        den = (
+            la * lb * lc
+            + (ax * bx + ay * by + az * bz) * lc
+            + (bx * cx + by * cy + bz * cz) * la
+            + (cx * ax + cy * ay + cz * az) * lb
+        )
+        out[s : s + step] = np.arctan2(num, den).sum(-1, dtype=np.float64) / (2 * np.pi)
+    return out
+
+
+def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """Distance to the closest surface point, negative inside (winding number > 1/2)."""
+    _, dist, _ = trimesh.proximity.closest_point(mesh, points)
+    inside = winding_number(mesh.vertices, mesh.faces, points) > 0.5
+    return np.where(inside, -dist, dist).astype(np.float32)
+
+
+class ShapeSamples(NamedTuple):
+    points: np.ndarray  # (N, 3) float32 surface points, unit-cube frame
+    normals: np.ndarray  # (N, 3) float32 unit face normals
+    colors: np.ndarray  # (N, 3) float32 RGB in [0, 1]
+    sdf_points: np.ndarray  # (M, 3) float32 query points: near-surface, then uniform
+    sdf_values: np.ndarray  # (M,) float32 signed distance, negative inside
+
+
+def shape_samples(
+    mesh: trimesh.Trimesh,
+    *,
+    num_surface: int,
+    num_near: int,
+    num_uniform: int,
+    near_sigmas: tuple[float, ...] = (0.01, 0.05),
+    uniform_bound: float = 1.0,
+    seed: int = 0,
+) -> ShapeSamples:
+    """All supervision of one shape, already in the unit-cube frame (`mesh` is normalised).
+
+    Near-surface queries are surface points plus isotropic Gaussian offsets, split evenly over
+    `near_sigmas`; uniform queries fill [-uniform_bound, uniform_bound]^3 (the tet grid's
+    default bound), so the SDF is supervised near the surface and in free space alike.
+    """
+    rng = np.random.default_rng(seed)
+    points, normals, colors = surface_samples(mesh, num_surface, seed)
+    near_base, _, _ = surface_samples(mesh, num_near, seed + 1)
+    sigma = np.repeat(np.asarray(near_sigmas), -(-num_near // len(near_sigmas)))[:num_near]
+    near = near_base + rng.normal(size=(num_near, 3)) * sigma[:, None]
+    uniform = rng.uniform(-uniform_bound, uniform_bound, (num_uniform, 3))
+    queries = np.concatenate([near, uniform]).astype(np.float32)
+    return ShapeSamples(points, normals, colors, queries, signed_distance(mesh, queries))

@@ -1,0 +1,153 @@
+"""grain loaders over the prepared synthetic data sets (fixture `prepared` from test_prepare)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.ndimage import binary_dilation
+
+from data_pipelines.loader import (
+    CLIP_MEAN,
+    CLIP_STD,
+    data_source,
+    flip_example,
+    make_iterator,
+    to_model_inputs,
+)
+from nd3d_jax.render.camera import Camera, project
+
+DATASETS = ("pix3d", "omniobject3d")
+
+
+def _source(prepared, dataset, split="train"):
+    return data_source(prepared["data_dir"], dataset, split, config="tiny")
+
+
+def _coverage(mask: np.ndarray, c2w, focal, principal, points) -> float:
+    """Share of surface points whose projection lands on the object's pixels (grown by one
+    pixel: at 64 px, thin parts lose pixels to resampling)."""
+    mask = binary_dilation(mask)
+    size = mask.shape[0]
+    cam = Camera(jnp.asarray(c2w), jnp.asarray(focal), jnp.asarray(principal), size, size)
+    uv, depth = project(cam, jnp.asarray(points))
+    uv, depth = np.asarray(uv), np.asarray(depth)
+    ij = np.floor(uv).astype(int)
+    inside = (ij >= 0).all(1) & (ij < size).all(1) & (depth > 0)
+    hit = np.zeros(len(points), bool)
+    hit[inside] = mask[ij[inside, 1], ij[inside, 0]]
+    return float(hit.mean())
+
+
+def _object_pixels(image_normalised: np.ndarray) -> np.ndarray:
+    rgb = (image_normalised * CLIP_STD + CLIP_MEAN) * 255.0
+    return (rgb < 245).any(-1)  # renders are composited on white
+
+
+def _check_geometry(ex: dict) -> None:
+    """Cameras, image and shape agree: every surface point projects onto the silhouette."""
+    cov = _coverage(ex["mask"][..., 0] > 0.5, ex["camera/c2w"], ex["camera/focal"],
+                    ex["camera/principal"], ex["points"])  # fmt: skip
+    assert cov > 0.99, cov
+    if "views" in ex:
+        tile = ex["views"].shape[1] // 2
+        obj = _object_pixels(ex["views"])
+        for k in range(4):
+            r, c = divmod(k, 2)
+            cov = _coverage(obj[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile],
+                            ex["view_cameras/c2w"][k], ex["view_cameras/focal"][k],
+                            ex["view_cameras/principal"][k], ex["points"])  # fmt: skip
+            assert cov > 0.99, (k, cov)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_cameras_match_images_and_flips_stay_consistent(prepared, dataset):
+    source = _source(prepared, dataset)
+    for i in range(len(source)):
+        ex = to_model_inputs(source[i])
+        _check_geometry(ex)
+        flipped = flip_example(ex)
+        _check_geometry(flipped)
+        np.testing.assert_array_equal(flipped["image"], ex["image"][:, ::-1])
+        np.testing.assert_array_equal(flipped["points"][:, 1:], ex["points"][:, 1:])
+        np.testing.assert_array_equal(flipped["points"][:, 0], -ex["points"][:, 0])
+        np.testing.assert_array_equal(flipped["sdf_values"], ex["sdf_values"])
+        back = flip_example(flipped)
+        for key, value in ex.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(back[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_batches_fields_and_normalisation(prepared, dataset):
+    source = _source(prepared, dataset)
+    it = make_iterator(source, batch_size=2, train=False, shard_index=0, shard_count=1,
+                       num_threads=1)  # fmt: skip
+    batch = next(it)
+    assert batch["image"].shape == (2, 64, 64, 3) and batch["image"].dtype == np.float32
+    assert batch["mask"].shape == (2, 64, 64, 1) and batch["mask"].dtype == np.float32
+    assert batch["camera/c2w"].shape == (2, 4, 4) and batch["camera/focal"].shape == (2,)
+    assert batch["camera/principal"].shape == (2, 2)
+    assert batch["points"].shape == (2, 256, 3) and batch["sdf_values"].shape == (2, 384)
+    assert batch["caption"].shape == (2,) and batch["caption"][0].startswith("a photo of a ")
+    assert not batch["flipped"].any()  # evaluation never flips
+    if dataset == "omniobject3d":
+        assert batch["views"].shape == (2, 64, 64, 3)
+        assert batch["view_cameras/c2w"].shape == (2, 4, 4, 4)
+    raw = source[0]["image"].astype(np.float64)  # evaluation keeps the source order
+    expected = (raw / 255.0 - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array(
+        [0.26862954, 0.26130258, 0.27577711]
+    )
+    np.testing.assert_allclose(batch["image"][0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_flips_some_and_is_deterministic(prepared):
+    source = _source(prepared, "pix3d")
+    kw = dict(batch_size=3, train=True, seed=7, shard_index=0, shard_count=1, num_threads=2)
+    a = [next(it) for it in [make_iterator(source, **kw)] for _ in range(6)]
+    b = [next(it) for it in [make_iterator(source, **kw)] for _ in range(6)]
+    for x, y in zip(a, b, strict=True):
+        assert list(x["key"]) == list(y["key"])
+        np.testing.assert_array_equal(x["image"], y["image"])
+    flips = np.concatenate([x["flipped"] for x in a])
+    assert flips.any() and not flips.all()
+    c = [next(it) for it in [make_iterator(source, **(kw | {"seed": 8}))] for _ in range(6)]
+    assert [list(x["key"]) for x in a] != [list(x["key"]) for x in c]
+
+
+def test_process_shards_are_disjoint_and_cover(prepared):
+    source = _source(prepared, "pix3d")
+    keys = []
+    for index in range(2):
+        it = make_iterator(source, batch_size=1, train=False, shard_index=index, shard_count=2,
+                           num_threads=1)  # fmt: skip
+        keys.append({str(b["key"][0]) for b in it})
+    assert keys[0] and keys[1] and not keys[0] & keys[1]
+    assert keys[0] | keys[1] == {source[i]["key"].decode() for i in range(len(source))}
+
+
+def test_iterator_resumes_at_the_same_batch(prepared):
+    source = _source(prepared, "omniobject3d")
+    kw = dict(batch_size=2, train=True, seed=1, shard_index=0, shard_count=1, num_threads=2)
+    it = make_iterator(source, **kw)
+    for _ in range(3):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    resumed = make_iterator(source, **kw)
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        assert list(got["key"]) == list(want["key"])
+        for key in ("image", "views", "points", "camera/c2w"):
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_bad_arguments(prepared):
+    source = _source(prepared, "pix3d")
+    with pytest.raises(ValueError, match="shard_index"):
+        make_iterator(source, batch_size=2, train=True, shard_index=2, shard_count=2)
+    with pytest.raises(ValueError, match="no split"):
+        _source(prepared, "pix3d", "validation")
+    with pytest.raises(FileNotFoundError, match="data_pipelines.prepare"):
+        data_source(prepared["data_dir"], "pix3d", config="default")
