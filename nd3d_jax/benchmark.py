@@ -24,6 +24,7 @@ import jax
 SUITES = {
     "geometry": "nd3d_jax.geometry.benchmarks",
     "render": "nd3d_jax.render.benchmarks",
+    "data": "data_pipelines.benchmarks",
 }
 
 

@@ -70,3 +70,10 @@ def test_geometry_suite_quick():
     for r in records:
         assert r.median_s > 0 and r.throughput > 0
     assert all(r.reference_median_s > 0 and r.ratio > 0 for r in records[:2])
+
+
+def test_data_suite_quick():
+    records = benchmark.run_suites(["data"], BenchOptions(quick=True, repeats=2, warmup=0))
+    assert [r.name for r in records] == ["loader_pix3d_tiny_1thread", "loader_pix3d_tiny_2thread"]
+    assert all(r.throughput > 0 and r.throughput_unit == "examples/s" for r in records)
+    assert records[1].reference_median_s == records[0].median_s and records[1].ratio > 0

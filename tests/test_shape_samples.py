@@ -1,0 +1,90 @@
+"""Shape supervision: winding numbers, signed distances, coloured surface samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from data_pipelines.shape_samples import (
+    DEFAULT_COLOR,
+    shape_samples,
+    signed_distance,
+    surface_samples,
+    unit_cube_transform,
+    winding_number,
+)
+from data_pipelines.synthetic.omniobject3d import write_scan
+from data_pipelines.synthetic.shapes import make_object
+
+
+def test_winding_number_inside_outside_and_open_meshes():
+    sphere = trimesh.creation.icosphere(3)
+    pts = np.array([[0, 0, 0], [0.5, 0.2, -0.1], [2, 0, 0], [0, 0, 0.98], [0, 0, 1.02]])
+    np.testing.assert_allclose(winding_number(sphere.vertices, sphere.faces, pts),
+                               [1, 1, 0, 1, 0], atol=1e-5)  # fmt: skip
+    # Flipped faces give -1; two overlapping closed parts give 2 where they overlap.
+    np.testing.assert_allclose(winding_number(sphere.vertices, sphere.faces[:, ::-1], pts[:1]), -1)
+    both = trimesh.util.concatenate([sphere, sphere.copy().apply_translation([0.5, 0, 0])])
+    np.testing.assert_allclose(winding_number(both.vertices, both.faces, [[0.25, 0, 0]]), 2)
+    # A box missing one side (2 of 12 triangles): the centre still sees 5/6 of the surface.
+    box = trimesh.creation.box((1, 1, 1))
+    top = box.face_normals[:, 2] > 0.5
+    w = winding_number(box.vertices, box.faces[~top], [[0, 0, 0]])
+    np.testing.assert_allclose(w, 5 / 6, atol=1e-6)
+    # Chunking does not change the result.
+    many = np.random.default_rng(0).uniform(-1.5, 1.5, (300, 3))
+    chunked = winding_number(sphere.vertices, sphere.faces, many, chunk=1000)
+    np.testing.assert_allclose(chunked, winding_number(sphere.vertices, sphere.faces, many))
+
+
+def test_signed_distance_matches_analytic_shapes():
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(-1.5, 1.5, (400, 3))
+    box = trimesh.creation.box((1.0, 0.6, 0.8))
+    q = np.abs(pts) - np.array([0.5, 0.3, 0.4])
+    exact = np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(1), 0)
+    np.testing.assert_allclose(signed_distance(box, pts), exact, atol=1e-5)
+    sphere = trimesh.creation.icosphere(4)  # chord error of a level-4 icosphere < 3e-3
+    np.testing.assert_allclose(signed_distance(sphere, pts), np.linalg.norm(pts, axis=1) - 1,
+                               atol=3e-3)  # fmt: skip
+
+
+def test_unit_cube_transform():
+    v = np.array([[1.0, 2.0, 3.0], [5.0, 3.0, 4.0]])
+    centre, scale = unit_cube_transform(v)
+    np.testing.assert_allclose(centre, [3.0, 2.5, 3.5])
+    assert scale == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="extent"):
+        unit_cube_transform(np.zeros((3, 3)))
+
+
+def test_surface_colours_from_vertices_textures_and_defaults(tmp_path):
+    mesh = make_object("chair", 0)
+    points, normals, colors = surface_samples(mesh, 400, seed=0)
+    assert points.shape == normals.shape == colors.shape == (400, 3)
+    # Vertex colours are constant per part, so each sample has its face's colour.
+    _, face_index = trimesh.sample.sample_surface(mesh, 400, seed=0)
+    np.testing.assert_allclose(colors, mesh.visual.face_colors[face_index, :3] / 255, atol=1e-6)
+    # The same object written as a textured scan (per-face atlas cells, JPEG): colours match.
+    write_scan(mesh, str(tmp_path))
+    scan = trimesh.load(tmp_path / "Scan.obj", force="mesh", process=False)
+    assert scan.visual.kind == "texture"
+    _, _, tex_colors = surface_samples(scan, 400, seed=0)
+    _, scan_faces = trimesh.sample.sample_surface(scan, 400, seed=0)
+    expected = mesh.visual.face_colors[scan_faces, :3] / 255
+    assert np.abs(tex_colors - expected).max() < 0.1  # JPEG
+    bare = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
+    np.testing.assert_allclose(surface_samples(bare, 5, 0)[2], np.tile(DEFAULT_COLOR, (5, 1)))
+
+
+def test_shape_samples_near_and_uniform_queries():
+    sphere = trimesh.creation.icosphere(4, radius=0.5)
+    s = shape_samples(sphere, num_surface=64, num_near=200, num_uniform=100, seed=3)
+    assert s.points.shape == (64, 3) and s.sdf_points.shape == (300, 3)
+    assert s.sdf_values.shape == (300,) and s.sdf_values.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(s.points, axis=1), 0.5, atol=3e-3)
+    np.testing.assert_allclose(s.sdf_values, np.linalg.norm(s.sdf_points, axis=1) - 0.5, atol=3e-3)
+    near, uniform = s.sdf_values[:200], s.sdf_points[200:]
+    assert np.abs(near).max() < 0.05 * 5  # within 5 sigma of the wider near band
+    assert np.abs(uniform).max() <= 1.0 and np.abs(uniform).max() > 0.8
