@@ -32,6 +32,9 @@ setup(
         "array-record>=0.8.6,<0.9",
         "grain>=0.2.18,<0.3",
         "tqdm>=4.67,<5",
+        # Weight import: safetensors reads checkpoints; transformers only for the CLIP tokenizer.
+        "safetensors>=0.8,<0.9",
+        "transformers>=5.24,<6",
     ],
     extras_require={
         "test": [
@@ -39,7 +42,9 @@ setup(
             "ruff>=0.17.6,<0.18",
             "scikit-image>=0.26,<0.27",
             "embreex>=4.4,<5",
+            # PyTorch references (transformers models) in the tests; 2.13.0 is the CPU build.
+            "torch==2.13.0",
         ],
-        "bench": ["scikit-image>=0.26,<0.27", "embreex>=4.4,<5"],
+        "bench": ["scikit-image>=0.26,<0.27", "embreex>=4.4,<5", "torch==2.13.0"],
     },
 )

@@ -25,6 +25,7 @@ SUITES = {
     "geometry": "nd3d_jax.geometry.benchmarks",
     "render": "nd3d_jax.render.benchmarks",
     "data": "data_pipelines.benchmarks",
+    "encoders": "nd3d_jax.models.benchmarks",
 }
 
 

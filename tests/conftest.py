@@ -11,4 +11,4 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-pytest_plugins = ["data_fixtures"]
+pytest_plugins = ["data_fixtures", "hf_fixtures"]

@@ -77,3 +77,11 @@ def test_data_suite_quick():
     assert [r.name for r in records] == ["loader_pix3d_tiny_1thread", "loader_pix3d_tiny_2thread"]
     assert all(r.throughput > 0 and r.throughput_unit == "examples/s" for r in records)
     assert records[1].reference_median_s == records[0].median_s and records[1].ratio > 0
+
+
+def test_encoders_suite_quick():
+    records = benchmark.run_suites(["encoders"], BenchOptions(quick=True, repeats=1, warmup=1))
+    assert [r.name for r in records] == ["clip_text_tiny", "clip_image_tiny", "priors_fusion_tiny"]
+    for r in records:
+        assert r.median_s > 0 and r.reference_median_s > 0 and r.ratio > 0
+        assert "torch" in r.reference
