@@ -44,6 +44,7 @@ setup(
             "embreex>=4.4,<5",
             # PyTorch references (transformers models) in the tests; 2.13.0 is the CPU build.
             "torch==2.13.0",
+            "diffusers>=0.42.1,<0.43",
         ],
         "bench": ["scikit-image>=0.26,<0.27", "embreex>=4.4,<5", "torch==2.13.0"],
     },
