@@ -26,6 +26,7 @@ SUITES = {
     "render": "nd3d_jax.render.benchmarks",
     "data": "data_pipelines.benchmarks",
     "encoders": "nd3d_jax.models.benchmarks",
+    "diffusion": "nd3d_jax.diffusion.benchmarks",
 }
 
 
@@ -48,6 +49,8 @@ class Record:
     reference: str | None = None
     reference_median_s: float | None = None
     ratio: float | None = None  # median_s / reference_median_s
+    xla_flops: float | None = None  # XLA cost_analysis() of the compiled program
+    analytic_flops: float | None = None  # counted by hand from the configuration
 
     def __post_init__(self):
         if self.reference_median_s and self.ratio is None:
@@ -77,12 +80,19 @@ def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:
 
 def markdown_table(records: list[Record]) -> str:
     head = "| name | device | shape | median ms | throughput | reference | ref ms | ratio |"
-    rows = [head, "|" + "---|" * 8]
+    flops = any(r.xla_flops or r.analytic_flops for r in records)
+    head += " GFLOP xla / analytic |" if flops else ""
+    rows = [head, "|" + "---|" * (9 if flops else 8)]
     for r in records:
         tput = f"{r.throughput:.4g} {r.throughput_unit}" if r.throughput is not None else ""
         rows.append(
             f"| {r.name} | {r.device} | {r.shape} | {_fmt(r.median_s, 1e3, 4)} | {tput} | "
             f"{r.reference or ''} | {_fmt(r.reference_median_s, 1e3, 4)} | {_fmt(r.ratio)} |"
+            + (
+                f" {_fmt(r.xla_flops, 1e-9, 4)} / {_fmt(r.analytic_flops, 1e-9, 4)} |"
+                if flops
+                else ""
+            )
         )
     return "\n".join(rows)
 

@@ -85,3 +85,13 @@ def test_encoders_suite_quick():
     for r in records:
         assert r.median_s > 0 and r.reference_median_s > 0 and r.ratio > 0
         assert "torch" in r.reference
+
+
+def test_diffusion_suite_quick():
+    records = benchmark.run_suites(["diffusion"], BenchOptions(quick=True, repeats=1, warmup=1))
+    assert [r.name for r in records] == ["unet_forward_tiny", "unet_forward_backward_tiny"]
+    fwd = records[0]
+    assert fwd.reference_median_s > 0 and fwd.ratio > 0
+    # the hand count covers the matmuls and convolutions XLA also counts
+    assert 0.8 < fwd.analytic_flops / fwd.xla_flops <= 1.0
+    assert "| GFLOP xla / analytic |" in benchmark.markdown_table(records).splitlines()[0]

@@ -13,8 +13,8 @@ from diffusers import AutoencoderKL as TorchVAE
 from hf_fixtures import randomize_norms
 
 from nd3d_jax.models.vae import sample_latent
+from nd3d_jax.weights.diffusers import load_vae
 from nd3d_jax.weights.io import WeightImportError
-from nd3d_jax.weights.vae import load_vae
 
 TINY = dict(
     block_out_channels=(16, 32),

@@ -122,18 +122,39 @@ class AttentionBlock(nn.Module):
         return x + h.reshape(b, hgt, wid, c)
 
 
-class MidBlock(nn.Module):
+class Downsample(nn.Module):
+    """diffusers' `downsamplers.0.conv`: 3x3 stride 2; padding 1 (UNet) or, with `padding=0`,
+    the VAE's asymmetric (0, 1) zero pad first."""
+
     features: int
-    groups: int = 32
-    attention: bool = True
+    padding: int = 1
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = ResnetBlock(self.features, self.groups, self.dtype, name="resnets_0")(x)
-        if self.attention:
-            x = AttentionBlock(self.groups, self.dtype, name="attentions_0")(x)
-        return ResnetBlock(self.features, self.groups, self.dtype, name="resnets_1")(x)
+        if self.padding == 0:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return conv(self.features, 3, "conv", 2, self.padding, self.dtype)(x)
+
+
+class Upsample(nn.Module):
+    """diffusers' `upsamplers.0.conv`: nearest-neighbour 2x, then a 3x3 conv."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return conv(self.features, 3, "conv", dtype=self.dtype)(x)
+
+
+def mid_block(x, width: int, groups: int, attention: bool, dtype):
+    """resnet, (attention), resnet; called inside a compact module (names `mid_block_*`)."""
+    x = ResnetBlock(width, groups, dtype, name="mid_block_resnets_0")(x)
+    if attention:
+        x = AttentionBlock(groups, dtype, name="mid_block_attentions_0")(x)
+    return ResnetBlock(width, groups, dtype, name="mid_block_resnets_1")(x)
 
 
 class Encoder(nn.Module):
@@ -148,14 +169,9 @@ class Encoder(nn.Module):
             block = f"down_blocks_{i}"
             for j in range(c.layers_per_block):
                 x = ResnetBlock(width, g, self.dtype, name=f"{block}_resnets_{j}")(x)
-            if (
-                i < len(c.block_out_channels) - 1
-            ):  # asymmetric pad (0, 1) then stride 2, as diffusers
-                x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-                x = conv(width, 3, f"{block}_downsamplers_0_conv", 2, 0, self.dtype)(x)
-        x = MidBlock(
-            c.block_out_channels[-1], g, c.mid_block_add_attention, self.dtype, name="mid_block"
-        )(x)
+            if i < len(c.block_out_channels) - 1:
+                x = Downsample(width, 0, self.dtype, name=f"{block}_downsamplers_0")(x)
+        x = mid_block(x, c.block_out_channels[-1], g, c.mid_block_add_attention, self.dtype)
         x = nn.silu(group_norm(g, "conv_norm_out", self.dtype)(x))
         return conv(2 * c.latent_channels, 3, "conv_out", dtype=self.dtype)(x)
 
@@ -169,14 +185,13 @@ class Decoder(nn.Module):
         c, g = self.config, self.config.norm_num_groups
         widths = tuple(reversed(c.block_out_channels))
         x = conv(widths[0], 3, "conv_in", dtype=self.dtype)(z)
-        x = MidBlock(widths[0], g, c.mid_block_add_attention, self.dtype, name="mid_block")(x)
+        x = mid_block(x, widths[0], g, c.mid_block_add_attention, self.dtype)
         for i, width in enumerate(widths):
             block = f"up_blocks_{i}"
             for j in range(c.layers_per_block + 1):
                 x = ResnetBlock(width, g, self.dtype, name=f"{block}_resnets_{j}")(x)
-            if i < len(widths) - 1:  # nearest-neighbour 2x, then a 3x3 conv
-                x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-                x = conv(width, 3, f"{block}_upsamplers_0_conv", dtype=self.dtype)(x)
+            if i < len(widths) - 1:
+                x = Upsample(width, self.dtype, name=f"{block}_upsamplers_0")(x)
         x = nn.silu(group_norm(g, "conv_norm_out", self.dtype)(x))
         return conv(c.out_channels, 3, "conv_out", dtype=self.dtype)(x)
 

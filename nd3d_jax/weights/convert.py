@@ -32,9 +32,10 @@ _TOKENIZER_FILES = (
 
 
 def _kinds():
+    """kind (config `model_type` or diffusers `_class_name`) -> (build(hf, dtype), loader)."""
     from nd3d_jax.models.clip import CLIPConfig, CLIPModel
     from nd3d_jax.models.resnet import ResNet, ResNetConfig
-    from nd3d_jax.weights import clip, resnet
+    from nd3d_jax.weights import clip, diffusers, resnet
 
     def clip_module(hf, dtype):
         m = CLIPModel(CLIPConfig.from_hf(hf), dtype=dtype)
@@ -47,7 +48,14 @@ def _kinds():
     return {
         "clip": (clip_module, clip.load_clip),
         "resnet": (resnet_module, resnet.load_resnet),
+        "UNet2DConditionModel": (diffusers.build_unet, diffusers.load_unet),
+        "AutoencoderKL": (diffusers.build_vae, diffusers.load_vae),
+        "T2IAdapter": (diffusers.build_t2i_adapter, diffusers.load_t2i_adapter),
     }
+
+
+def kind_of(hf: dict) -> str | None:
+    return hf.get("model_type") or hf.get("_class_name")
 
 
 def is_converted(path: str) -> bool:
@@ -59,10 +67,10 @@ def convert(src: str, out: str, dtype=jnp.float32) -> str:
     import orbax.checkpoint as ocp
 
     hf = read_config(src)
-    kind = hf.get("model_type")
+    kind = kind_of(hf)
     kinds = _kinds()
     if kind not in kinds:
-        raise WeightImportError(f"{src}: model_type {kind!r} is not one of {sorted(kinds)}")
+        raise WeightImportError(f"{src}: {kind!r} checkpoints are not supported: {sorted(kinds)}")
     _, params = kinds[kind][1](src, dtype=jnp.float32)
     params = jax.tree.map(lambda a: a.astype(dtype), params)
     out = os.path.abspath(out)

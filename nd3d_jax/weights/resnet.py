@@ -70,8 +70,13 @@ def load_resnet(path: str, dtype=jnp.float32) -> tuple[ResNet, dict]:
     """(module, params) from a `save_pretrained` ResNet folder (config.json + safetensors).
 
     `dtype` is the compute dtype of the module; parameters are kept in float32 so BN statistics
-    and kernels lose nothing (BN is folded in float32 at run time anyway).
+    and kernels lose nothing (BN is folded in float32 at run time anyway). A folder written by
+    `python -m nd3d_jax.weights.convert` loads too.
     """
+    from nd3d_jax.weights import convert
+
+    if convert.is_converted(path):
+        return convert.restore(path, "resnet", dtype)
     config = read_config(path)
     model_type = config.get("model_type")
     if model_type != "resnet":
