@@ -25,6 +25,7 @@ setup(
         "pillow>=12,<14",
         "charset-normalizer>=3,<4",  # trimesh decodes non-UTF-8 OBJ files with it
         "rtree>=1.3,<2",  # trimesh's closest-point queries (SDF targets)
+        "fast-simplification>=0.2,<0.3",  # trimesh's quadric decimation (condition meshes)
         # Data preparation and loading: tfds (TF encodes images) writing ArrayRecord, grain.
         "tensorflow-cpu>=2.21,<2.22",
         "tensorflow-datasets>=4.9.10,<4.10",
@@ -32,6 +33,7 @@ setup(
         "array-record>=0.8.6,<0.9",
         "grain>=0.2.18,<0.3",
         "tqdm>=4.67,<5",
+        "tensorboard>=2.20,<3",  # the trainer's event files (tf.summary needs it)
         # Weight import: safetensors reads checkpoints; transformers only for the CLIP tokenizer.
         "safetensors>=0.8,<0.9",
         "transformers>=5.24,<6",

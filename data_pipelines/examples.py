@@ -16,7 +16,7 @@ import numpy as np
 
 from data_pipelines import cameras
 from data_pipelines.images import BadExample, alpha_mask, read_image, square_image, to_rgb
-from data_pipelines.shape_samples import shape_samples, unit_cube_transform
+from data_pipelines.shape_samples import condition_mesh, shape_samples, unit_cube_transform
 from nd3d_jax.geometry.mesh_ops import MeshError, load_mesh
 
 
@@ -32,6 +32,8 @@ class Spec:
     grid_cols: int = 2
     input_view: int = 0  # OmniObject3D render used as the input image
     caption_template: str = "a photo of a {category}"
+    # the condition mesh: the paper samples "1 face per 10, totaling 512", so 5120 faces
+    mesh_faces: int = 5120
 
     def caption(self, category: str) -> str:
         return self.caption_template.format(category=category.replace("_", " "))
@@ -65,7 +67,12 @@ def _shape(path: str, spec: Spec, seed: int) -> dict:
     unit.vertices = (np.asarray(mesh.vertices) - centre) * scale
     s = shape_samples(unit, num_surface=spec.num_surface, num_near=spec.num_sdf_near,
                       num_uniform=spec.num_sdf_uniform, seed=seed)  # fmt: skip
-    return {"centre": centre, "scale": scale, **s._asdict()}
+    try:
+        vertices, faces, colors = condition_mesh(unit, spec.mesh_faces)
+    except ValueError as e:
+        raise BadExample("empty mesh", path, str(e)) from e
+    mesh_arrays = {"mesh_vertices": vertices, "mesh_faces": faces, "mesh_colors": colors}
+    return {"centre": centre, "scale": scale, **s._asdict(), **mesh_arrays}
 
 
 def prepare_shape(job) -> tuple:
@@ -76,6 +83,7 @@ def prepare_shape(job) -> tuple:
 
 def _shape_features(shape: dict) -> dict:
     keys = ("points", "normals", "colors", "sdf_points", "sdf_values")
+    keys += ("mesh_vertices", "mesh_faces", "mesh_colors")
     return {k: shape[k] for k in keys}
 
 

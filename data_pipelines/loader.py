@@ -13,6 +13,7 @@ the whole example consistently: image, mask, view grid, the shape across x = 0 a
 
 from __future__ import annotations
 
+import functools
 import os
 
 import grain
@@ -55,8 +56,46 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
     return (image.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
 
 
-def to_model_inputs(example: dict) -> dict:
-    """Decoded tfds example -> flat float32 arrays (cameras as camera/*, view_cameras/*)."""
+def pad_mesh(example: dict, max_faces: int) -> dict:
+    """The condition mesh at static shapes: `max_faces` faces and 3 x that many vertices, with
+    `mesh_face_mask` and the true counts (`mesh_num_faces`, `mesh_num_vertices`)."""
+    v = np.asarray(example["mesh_vertices"], np.float32)
+    f = np.asarray(example["mesh_faces"], np.int32)
+    c = np.asarray(example["mesh_colors"], np.float32)
+    max_vertices = 3 * max_faces
+    if len(f) > max_faces or len(v) > max_vertices:
+        raise ValueError(
+            f"condition mesh with {len(f)} faces / {len(v)} vertices exceeds max_faces="
+            f"{max_faces}; prepare the data with a matching mesh_faces"
+        )
+    out = {
+        "mesh_vertices": np.zeros((max_vertices, 3), np.float32),
+        "mesh_colors": np.zeros((max_vertices, 3), np.float32),
+        "mesh_faces": np.zeros((max_faces, 3), np.int32),
+        "mesh_face_mask": np.zeros((max_faces,), np.float32),
+        "mesh_num_faces": np.int32(len(f)),
+        "mesh_num_vertices": np.int32(len(v)),
+    }
+    out["mesh_vertices"][: len(v)] = v
+    out["mesh_colors"][: len(v)] = c
+    out["mesh_faces"][: len(f)] = f
+    out["mesh_face_mask"][: len(f)] = 1.0
+    return out
+
+
+def mesh_conv_inputs(example: dict, num_faces: int = 512) -> dict:
+    """Adds f_struc's inputs (`faces/features`, `faces/neighbours`, `faces/neighbour_mask`,
+    `faces/face_mask`: `mesh_conv.sample_faces` of the unpadded condition mesh)."""
+    from nd3d_jax.models.mesh_conv import sample_faces
+
+    n_v, n_f = int(example["mesh_num_vertices"]), int(example["mesh_num_faces"])
+    sampled = sample_faces(example["mesh_vertices"][:n_v], example["mesh_faces"][:n_f], num_faces)
+    return {**example, **{f"faces/{k}": v for k, v in sampled.items()}}
+
+
+def to_model_inputs(example: dict, max_faces: int | None = None) -> dict:
+    """Decoded tfds example -> flat float32 arrays (cameras as camera/*, view_cameras/*; the
+    condition mesh padded to `max_faces` when given, else left out)."""
     out = {
         "image": normalize_image(example["image"]),
         "mask": example["mask"].astype(np.float32),
@@ -73,6 +112,8 @@ def to_model_inputs(example: dict) -> dict:
                 out[f"{group}/{key}"] = np.asarray(value, np.float32)
     if "views" in example:
         out["views"] = normalize_image(example["views"])
+    if max_faces is not None and "mesh_faces" in example:
+        out.update(pad_mesh(example, max_faces))
     return out
 
 
@@ -83,6 +124,9 @@ def flip_example(example: dict, grid_cols: int = 2) -> dict:
     out["mask"] = example["mask"][:, ::-1]
     for key in _X_FIELDS:
         out[key] = example[key] * np.array([-1.0, 1.0, 1.0], np.float32)
+    if "mesh_vertices" in example:  # mirror the mesh; reverse the winding so normals stay out
+        out["mesh_vertices"] = example["mesh_vertices"] * np.array([-1.0, 1.0, 1.0], np.float32)
+        out["mesh_faces"] = np.ascontiguousarray(example["mesh_faces"][:, ::-1])
     width = example["image"].shape[1]
     for group, size in (("camera", width), ("view_cameras", None)):
         if f"{group}/c2w" not in example:
@@ -122,12 +166,15 @@ def make_dataset(
     num_epochs: int | None = None,
     flip_probability: float = 0.5,
     grid_cols: int = 2,
+    max_faces: int | None = None,
+    num_sampled_faces: int = 512,
 ) -> grain.MapDataset:
     """Sharded, shuffled (train), normalised, flipped (train) and batched MapDataset.
 
     `shard_index`/`shard_count` default to `jax.process_index()`/`jax.process_count()`.
     Training repeats forever (or `num_epochs`) and drops the last partial batch; evaluation
-    reads its shard once, in order, keeping the remainder.
+    reads its shard once, in order, keeping the remainder. With `max_faces`, examples also
+    carry the padded condition mesh and MeshConv's `num_sampled_faces` face samples.
     """
     if shard_index is None or shard_count is None:
         import jax
@@ -143,9 +190,11 @@ def make_dataset(
     ds = ds.seed(seed)
     if train:
         ds = ds.shuffle().repeat(num_epochs)
-    ds = ds.map(to_model_inputs)
+    ds = ds.map(functools.partial(to_model_inputs, max_faces=max_faces))
     if train and flip_probability > 0:
         ds = ds.random_map(RandomFlip(flip_probability, grid_cols))
+    if max_faces is not None:
+        ds = ds.map(functools.partial(mesh_conv_inputs, num_faces=num_sampled_faces))
     return ds.batch(batch_size, drop_remainder=train)
 
 

@@ -35,16 +35,13 @@ def _texture_image(mesh: trimesh.Trimesh):
     return image
 
 
-def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int):
-    """`count` area-weighted points with face normals and RGB colours in [0, 1] (float32).
+def surface_colors(mesh: trimesh.Trimesh, face_index: np.ndarray, bary: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] (float32) at barycentric points of faces.
 
-    Colours come from the texture at the sampled UV, else the vertex/face colours, else a
-    material's diffuse colour, else DEFAULT_COLOR.
+    From the texture at the interpolated UV, else the vertex/face colours, else a material's
+    diffuse colour, else DEFAULT_COLOR.
     """
-    points, face_index, bary = trimesh.sample.sample_surface(
-        mesh, count, seed=seed, return_barycentric=True
-    )
-    normals = mesh.face_normals[face_index]
+    count = len(face_index)
     visual = mesh.visual
     colors = np.broadcast_to(np.asarray(DEFAULT_COLOR), (count, 3))
     uv = getattr(visual, "uv", None)
@@ -65,10 +62,40 @@ def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int):
             diffuse = getattr(visual.material, "baseColorFactor", None)
         if diffuse is not None:
             colors = np.broadcast_to(np.asarray(diffuse, np.float64)[:3] / 255.0, (count, 3))
+    return np.clip(colors, 0.0, 1.0).astype(np.float32)
+
+
+def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int):
+    """`count` area-weighted points with face normals and RGB colours in [0, 1] (float32)."""
+    points, face_index, bary = trimesh.sample.sample_surface(
+        mesh, count, seed=seed, return_barycentric=True
+    )
+    normals = mesh.face_normals[face_index]
     return (
         points.astype(np.float32),
         normals.astype(np.float32),
-        np.clip(colors, 0.0, 1.0).astype(np.float32),
+        surface_colors(mesh, face_index, bary),
+    )
+
+
+def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
+    """The mesh the model renders its conditions from and samples f_struc's faces of: at most
+    `max_faces` faces (quadric decimation, fast-simplification), with per-vertex colours taken
+    from the original surface at each vertex's closest point. (V, 3) float32 vertices, (F, 3)
+    int32 faces, (V, 3) float32 colours."""
+    simple = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
+    if len(simple.faces) > max_faces:
+        simple = simple.simplify_quadric_decimation(face_count=max_faces)
+    if len(simple.faces) == 0:
+        raise ValueError("mesh decimation left no faces")
+    closest, _, tri = trimesh.proximity.closest_point(mesh, simple.vertices)
+    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], closest)
+    bary = np.clip(bary, 0.0, 1.0)
+    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+    return (
+        np.asarray(simple.vertices, np.float32),
+        np.asarray(simple.faces, np.int32),
+        surface_colors(mesh, tri, bary),
     )
 
 

@@ -41,18 +41,9 @@ def randomize_norms(model, seed: int = 0) -> None:
 
 def save_tiny_tokenizer(folder) -> None:
     """A byte-level BPE CLIP tokenizer with 520 tokens (518 = start, 519 = end of text)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from nd3d_jax.weights.tiny_tokenizer import write_tiny_tokenizer
 
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
-    pieces = [("c", "h"), ("ch", "a"), ("cha", "i"), ("chai", "r</w>"), ("t", "a"), ("ta", "b")]
-    for a, b in pieces:
-        vocab[a + b] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=pieces).save_pretrained(str(folder))
+    write_tiny_tokenizer(folder)
 
 
 def make_clip_folder(folder, config: dict = TINY_CLIP, seed: int = 0, tokenizer: bool = True):

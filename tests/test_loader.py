@@ -60,6 +60,11 @@ def _check_geometry(ex: dict) -> None:
             assert cov > 0.99, (k, cov)
 
 
+def _face_normals(e):
+    t = e["mesh_vertices"][e["mesh_faces"][: int(e["mesh_num_faces"])]]
+    return np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+
+
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_cameras_match_images_and_flips_stay_consistent(prepared, dataset):
     source = _source(prepared, dataset)
@@ -72,6 +77,15 @@ def test_cameras_match_images_and_flips_stay_consistent(prepared, dataset):
         np.testing.assert_array_equal(flipped["points"][:, 1:], ex["points"][:, 1:])
         np.testing.assert_array_equal(flipped["points"][:, 0], -ex["points"][:, 0])
         np.testing.assert_array_equal(flipped["sdf_values"], ex["sdf_values"])
+        meshed = to_model_inputs(source[i], max_faces=512)
+        mirrored = flip_example(meshed)
+        np.testing.assert_array_equal(
+            mirrored["mesh_vertices"][:, 0], -meshed["mesh_vertices"][:, 0]
+        )
+        # the mirrored mesh keeps outward normals: its normals are the mirrored normals
+        np.testing.assert_allclose(
+            _face_normals(mirrored), _face_normals(meshed) * [-1, 1, 1], atol=1e-6
+        )
         back = flip_example(flipped)
         for key, value in ex.items():
             if isinstance(value, np.ndarray):
@@ -94,6 +108,19 @@ def test_batches_fields_and_normalisation(prepared, dataset):
     if dataset == "omniobject3d":
         assert batch["views"].shape == (2, 64, 64, 3)
         assert batch["view_cameras/c2w"].shape == (2, 4, 4, 4)
+    assert "mesh_faces" not in batch  # only with max_faces
+    meshed = next(make_iterator(source, batch_size=2, train=False, shard_index=0, shard_count=1,
+                                num_threads=1, max_faces=512, num_sampled_faces=64))  # fmt: skip
+    assert meshed["mesh_faces"].shape == (2, 512, 3) and meshed["mesh_vertices"].shape == (
+        2,
+        1536,
+        3,
+    )
+    assert meshed["faces/features"].shape == (2, 64, 7)
+    assert meshed["faces/neighbours"].shape == (2, 64, 3, 7)
+    n = meshed["mesh_num_faces"]
+    assert (meshed["mesh_face_mask"].sum(1) == n).all()
+    assert (meshed["faces/face_mask"].sum(1) == np.minimum(n, 64)).all()
     raw = source[0]["image"].astype(np.float64)  # evaluation keeps the source order
     expected = (raw / 255.0 - np.array([0.48145466, 0.4578275, 0.40821073])) / np.array(
         [0.26862954, 0.26130258, 0.27577711]

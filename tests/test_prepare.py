@@ -84,6 +84,12 @@ def test_prepared_fields(prepared):
         near = ex["sdf_values"][:256]
         assert np.abs(near).max() < 0.3 and (ex["sdf_values"] < 0).any()
         assert ex["camera"]["c2w"].shape == (4, 4)
+        # the condition mesh: at most the tiny config's 512 faces, in the same unit cube,
+        # coloured like the surface samples
+        v, f, c = ex["mesh_vertices"], ex["mesh_faces"], ex["mesh_colors"]
+        assert 0 < len(f) <= 512 and f.dtype == np.int32 and f.max() < len(v) == len(c)
+        assert np.abs(v).max() <= 0.5 + 1e-3 and 0 <= c.min() and c.max() <= 1
+        assert np.abs(c.mean(0) - ex["colors"].mean(0)).max() < 0.15
         if dataset == "omniobject3d":
             assert ex["views"].shape == (64, 64, 3)
             assert ex["view_cameras"]["c2w"].shape == (4, 4, 4)

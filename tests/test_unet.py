@@ -166,3 +166,25 @@ def test_converted_unet_and_adapter_load_the_same(unet_and_adapter, tmp_path):
         _, restored = load(str(tmp_path / name))
         for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(restored), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_every_parameter_has_logical_axes():
+    from flax import linen as nn
+
+    from nd3d_jax.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
+    from nd3d_jax.models.unet import UNet, UNetConfig
+    from nd3d_jax.models.vae import AutoencoderKL, VAEConfig
+
+    cases = [
+        (UNet(UNetConfig(**{k: v for k, v in TINY_UNET.items() if k != "sample_size"})),
+         (jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1, 3, 16)))),
+        (T2IAdapter(T2IAdapterConfig(**TINY_ADAPTER)), (jnp.zeros((1, 64, 64, 6)),)),
+        (AutoencoderKL(VAEConfig(block_out_channels=(16, 32), norm_num_groups=8)),
+         (jnp.zeros((1, 16, 16, 3)),)),
+    ]  # fmt: skip
+    for module, args in cases:
+        variables = jax.eval_shape(lambda m=module, a=args: m.init(jax.random.PRNGKey(0), *a))
+        specs = jax.tree.leaves(
+            nn.get_partition_spec(variables), is_leaf=lambda x: x is None or hasattr(x, "index")
+        )
+        assert specs and all(s is not None and len(s) > 0 for s in specs), type(module).__name__

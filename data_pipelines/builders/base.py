@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data_pipelines.examples import Spec, prepare_shape
 
-TINY = Spec(image_size=64, num_surface=256, num_sdf_near=256, num_sdf_uniform=128)
+TINY = Spec(image_size=64, num_surface=256, num_sdf_near=256, num_sdf_uniform=128, mesh_faces=512)
 
 
 @dataclasses.dataclass(eq=False)
@@ -78,6 +78,10 @@ def common_features(spec: Spec, image_encoding: str) -> dict:
         "colors": vec(n),
         "sdf_points": vec(m),
         "sdf_values": tfds.features.Tensor(shape=(m,), dtype=np.float32),
+        # the condition mesh (<= spec.mesh_faces faces, unit-cube frame, per-vertex colours)
+        "mesh_vertices": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
+        "mesh_faces": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
+        "mesh_colors": tfds.features.Tensor(shape=(None, 3), dtype=np.float32),
     }
 
 

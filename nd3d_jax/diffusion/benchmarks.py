@@ -9,6 +9,8 @@ convolutions only). The backward is d/dparams of mean(out^2), as a training step
 from __future__ import annotations
 
 import dataclasses
+import gc
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,7 @@ TINY = dict(
     cross_attention_dim=64,
     norm_num_groups=8,
 )
-SD15 = {}  # UNetConfig's defaults are SD 1.5 (cross-attention 768)
+SD15 = dict(cross_attention_dim=768)  # otherwise diffusers' defaults: the SD 1.5 UNet
 
 
 def _pair(config: dict):
@@ -53,72 +55,107 @@ def _pair(config: dict):
     return ours, jax.tree.map(jnp.asarray, params), ref
 
 
-def _bench(name: str, config: dict, batch: int, size: int, opts: BenchOptions) -> list[Record]:
+def _inputs(c: UNetConfig, batch: int, size: int, ctx_len: int = 77):
     import torch
 
-    ours, params, ref = _pair(config)
-    c = ours.config
-    ctx_len = 77
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, size, size, 4)).astype(np.float32)
     ctx = rng.normal(size=(batch, ctx_len, c.cross_attention_dim)).astype(np.float32)
     t = np.full((batch,), 500)
-    jx, jt, jc = jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx)
-    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    tt, tc = torch.from_numpy(t), torch.from_numpy(ctx)
+    ours = (jnp.asarray(x), jnp.asarray(t), jnp.asarray(ctx))
+    ref = (
+        torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+        torch.from_numpy(t),
+        torch.from_numpy(ctx),
+    )
+    return ours, ref
 
+
+def _torch_times(ref, fwd_args, bwd_args, m) -> tuple[float, float]:
+    """Median forward and forward+backward (d mean(out^2) / d params) times, diffusers."""
+    import torch
+
+    with torch.inference_mode():
+        fwd = measure(lambda: ref(*fwd_args).sample, **m)
+
+    def step():
+        ref.zero_grad(set_to_none=True)
+        ref(*bwd_args).sample.pow(2).mean().backward()
+
+    bwd = measure(step, **m)
+    ref.zero_grad(set_to_none=True)
+    return fwd, bwd
+
+
+def _log(msg: str) -> None:
+    print(f"[benchmark] diffusion: {msg}", file=sys.stderr, flush=True)
+
+
+def _bench(name, config, batch, size, backward_size, opts) -> list[Record]:
+    """Forward at `size`, forward+backward at `backward_size` (latent pixels per side)."""
+    ours, params, ref = _pair(config)
+    c = ours.config
+    fwd_in, fwd_ref_in = _inputs(c, batch, size)
+    bwd_in, bwd_ref_in = _inputs(c, batch, backward_size)
+    m = dict(warmup=opts.warmup, repeats=opts.repeats)
+    # PyTorch first, then free it: at SD size both frameworks' activations do not fit in 24 GB.
+    _log(f"{name}: torch")
+    ref_fwd, ref_bwd = _torch_times(ref, fwd_ref_in, bwd_ref_in, m)
+    del ref
+    gc.collect()
+
+    _log(f"{name}: jax forward")
     forward = jax.jit(lambda p, x, t, c: ours.apply({"params": p}, x, t, c))
-    cost = forward.lower(params, jx, jt, jc).compile().cost_analysis()
+    cost = forward.lower(params, *fwd_in).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     xla_flops = float(cost.get("flops", 0.0)) if cost else None
-    analytic = float(unet_forward_flops(c, batch, size, size, ctx_len))
+    analytic = float(unet_forward_flops(c, batch, size, size, 77))
+    ours_fwd = measure(lambda: forward(params, *fwd_in), **m)
+
+    _log(f"{name}: jax forward+backward")
 
     def loss(p):
-        return jnp.mean(jnp.square(ours.apply({"params": p}, jx, jt, jc)))
+        return jnp.mean(jnp.square(ours.apply({"params": p}, *bwd_in)))
 
     grad = jax.jit(jax.grad(loss))
-    m = dict(warmup=opts.warmup, repeats=opts.repeats)
-    ours_fwd = measure(lambda: forward(params, jx, jt, jc), **m)
     ours_bwd = measure(lambda: grad(params), **m)
-    with torch.inference_mode():
-        ref_fwd = measure(lambda: ref(tx, tt, tc).sample, **m)
-
-    def torch_step():
-        ref.zero_grad(set_to_none=True)
-        out = ref(tx, tt, tc).sample
-        out.pow(2).mean().backward()
-
-    ref_bwd = measure(torch_step, **m)
-    shape = f"batch {batch}, latent {size}x{size}x4, context {ctx_len}x{c.cross_attention_dim}"
-    common = dict(device=device_name(), shape=shape, repeats=opts.repeats)
+    analytic_bwd = 3.0 * unet_forward_flops(c, batch, backward_size, backward_size, 77)
+    ctx = f"context 77x{c.cross_attention_dim}"
+    ref_name = "diffusers UNet2DConditionModel (torch CPU)"
     return [
         Record(
             name=f"unet_forward_{name}",
+            device=device_name(),
+            shape=f"batch {batch}, latent {size}x{size}x4, {ctx}",
             median_s=ours_fwd,
+            repeats=opts.repeats,
             throughput=analytic / ours_fwd / 1e12,
             throughput_unit="TFLOP/s (analytic)",
-            reference="diffusers UNet2DConditionModel (torch CPU)",
+            reference=ref_name,
             reference_median_s=ref_fwd,
             xla_flops=xla_flops,
             analytic_flops=analytic,
-            **common,
         ),
         Record(
             name=f"unet_forward_backward_{name}",
+            device=device_name(),
+            shape=f"batch {batch}, latent {backward_size}x{backward_size}x4, {ctx}",
             median_s=ours_bwd,
-            throughput=3 * analytic / ours_bwd / 1e12,
+            repeats=opts.repeats,
+            throughput=analytic_bwd / ours_bwd / 1e12,
             throughput_unit="TFLOP/s (3x forward)",
-            reference="diffusers UNet2DConditionModel (torch CPU)",
+            reference=ref_name,
             reference_median_s=ref_bwd,
-            analytic_flops=3 * analytic,
-            **common,
+            analytic_flops=analytic_bwd,
         ),
     ]
 
 
 def suite(opts: BenchOptions) -> list[Record]:
-    records = _bench("tiny", TINY, 2, 32, opts)
+    records = _bench("tiny", TINY, 2, 32, 32, opts)
     if not opts.quick:
+        # SD 1.5 at 512 px (latent 64) forward; forward+backward at latent 32: at 64 the
+        # activations of both frameworks together exceed this machine's 24 GB.
         big = dataclasses.replace(opts, repeats=min(opts.repeats, 3))
-        records += _bench("sd15", SD15, 1, 64, big)
+        records += _bench("sd15", SD15, 1, 64, 32, big)
     return records

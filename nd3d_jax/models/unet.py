@@ -78,6 +78,10 @@ class UNetConfig:
         return tuple(h) if isinstance(h, tuple) else (h,) * n
 
 
+def n_levels(c: UNetConfig) -> int:
+    return len(c.block_out_channels)
+
+
 def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool, shift: float) -> jax.Array:
     """Sinusoidal embedding of (B,) timesteps, as diffusers' `get_timestep_embedding`."""
     half = dim // 2
@@ -259,6 +263,19 @@ class UNet(nn.Module):
             )
 
         residuals = list(down_residuals or [])
+        if len(residuals) > len(c.block_out_channels) + 1:
+            raise ValueError(f"{len(residuals)} adapter residuals for {n_levels(c)} UNet levels")
+
+        def add_residual(x, level):
+            r = residuals.pop(0)
+            if r.shape != x.shape:
+                raise ValueError(
+                    f"adapter feature {level} has shape {r.shape}, the UNet's down path "
+                    f"{x.shape} there (diffusers adds it after the level's last attention "
+                    "block, or after a plain block's downsampler)"
+                )
+            return x + r.astype(self.dtype)
+
         x = conv(ch0, 3, "conv_in", dtype=self.dtype)(sample.astype(self.dtype))
         skips = [x]
         n = len(c.block_out_channels)
@@ -272,13 +289,13 @@ class UNet(nn.Module):
                 if cross:
                     x = transformer(width, heads[i], f"{blk}_attentions_{j}")(x, ctx)
                 if cross and j == c.layers_per_block - 1 and residuals:
-                    x = x + residuals.pop(0).astype(self.dtype)
+                    x = add_residual(x, i)
                 skips.append(x)
             if i < n - 1:
                 x = Downsample(width, 1, self.dtype, name=f"{blk}_downsamplers_0")(x)
                 skips.append(x)
             if not cross and residuals:
-                x = x + residuals.pop(0).astype(self.dtype)
+                x = add_residual(x, i)
                 skips[-1] = x
 
         width = c.block_out_channels[-1]

@@ -1,0 +1,68 @@
+"""orbax checkpoints of the train state with the grain iterator state beside it.
+
+    ckpt = Checkpointer(workdir / "checkpoints", every=500, keep=3)
+    ckpt.save(step, state, data_iterator)          # asynchronous; every `every` steps
+    ckpt.save(step, state, data_iterator, force=True)  # on SIGTERM and at the end
+    state = ckpt.restore(step, abstract_state, data_iterator)
+
+`abstract_state` holds `jax.ShapeDtypeStruct`s with the shardings wanted now, so a checkpoint
+written on one mesh restores onto another. The data item is grain's own handler: one file per
+process, so every host resumes its shard where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: str, every: int, keep: int, asynchronous: bool = True):
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(1, every),
+            max_to_keep=keep,
+            enable_async_checkpointing=asynchronous,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator, force: bool = False) -> bool:
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+        )
+        return self.manager.save(step, args=args, force=force)
+
+    def restore(self, step: int, abstract_state, data_iterator):
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iterator),
+        )
+        return self.manager.restore(step, args=args)["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs of `tree` carrying `shardings` (restore targets)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )

@@ -1,0 +1,59 @@
+"""The optimizer from config: AdamW, warm-up + cosine decay, clipping, accumulation, masks, EMA.
+
+    optim.lr, optim.warmup_steps, optim.total_steps, optim.end_lr_fraction
+    optim.b1, optim.b2, optim.eps, optim.weight_decay, optim.clip_norm
+    optim.grad_accum_steps (optax.MultiSteps), optim.ema_decay (0 disables the EMA)
+
+Frozen leaves (False in the trainable mask) get `set_to_zero` and keep no optimizer state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate(c: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to `lr`, then cosine decay to `lr * end_lr_fraction` at `total_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=c.lr,
+        warmup_steps=c.warmup_steps,
+        decay_steps=max(c.total_steps, c.warmup_steps + 1),
+        end_value=c.lr * c.end_lr_fraction,
+    )
+
+
+def make_optimizer(c: ml_collections.ConfigDict, trainable_mask) -> optax.GradientTransformation:
+    adamw = optax.adamw(learning_rate(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+    inner = optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw) if c.clip_norm else adamw
+    labels = jax.tree.map(lambda m: "train" if m else "freeze", trainable_mask)
+    tx = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
+    if c.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=c.grad_accum_steps)
+    return tx
+
+
+def ema_update(ema, params, trainable_mask, decay: float):
+    """EMA of the trainable leaves; frozen leaves are the parameters themselves."""
+    return jax.tree.map(
+        lambda e, p, m: (decay * e + (1.0 - decay) * p).astype(p.dtype) if m else p,
+        ema,
+        params,
+        trainable_mask,
+    )
+
+
+def global_norm(tree) -> jax.Array:
+    leaves = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
+
+
+def count(tree, mask=None) -> int:
+    """Number of parameters (where `mask` is True, if given)."""
+    sizes = jax.tree.map(lambda x: int(x.size), tree)
+    if mask is not None:
+        sizes = jax.tree.map(lambda s, m: s if m else 0, sizes, mask)
+    return int(sum(jax.tree.leaves(sizes)))

@@ -1,0 +1,146 @@
+"""The trainer end to end on the tiny demo config: files, resume, parallelism, SIGTERM, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from nd3d_jax import train as train_lib
+from nd3d_jax.config_cli import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(prepared, **overrides):
+    c = load_config(os.path.join(ROOT, "configs/demo.py:tiny"))
+    c.data.synthetic_objects = 0
+    c.data.data_dir = prepared["data_dir"]
+    c.data.num_threads = 1
+    c.optim.total_steps = 6
+    c.train.total_steps = 3
+    c.train.checkpoint_every = 3
+    for key, value in overrides.items():
+        node = c
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _final(workdir):
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.join(workdir, "params_final"))
+
+
+def _assert_trees(a, b, **tol):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        if tol:
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory):
+    """6 uninterrupted steps on 8 data-parallel devices."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    metrics = train_lib.train(_config(prepared, **{"train.total_steps": 6}), workdir)
+    return workdir, metrics
+
+
+def test_run_writes_checkpoints_logs_and_final_params(reference):
+    workdir, metrics = reference
+    assert metrics["step"] == 6 and np.isfinite(metrics["loss"]) and metrics["skipped"] == 0
+    assert {"l2_grads", "l2_params", "l2_updates", "learning_rate", "examples_per_s"} <= set(
+        metrics
+    )
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "6"
+    assert any(
+        f.startswith("events.out.tfevents")
+        for f in os.listdir(os.path.join(workdir, "tensorboard"))
+    )
+    params = _final(workdir)
+    assert set(params) == {"conditioning", "unet", "adapter"}
+
+
+def test_resume_after_a_stop_is_bit_identical(prepared, reference, tmp_path):
+    workdir = str(tmp_path)
+    first = train_lib.train(_config(prepared), workdir)  # ends at step 3 (checkpoint 3)
+    assert first["step"] == 3
+    second = train_lib.train(_config(prepared, **{"train.total_steps": 6}), workdir)
+    assert second["step"] == 6
+    _assert_trees(_final(workdir), _final(reference[0]))
+
+
+def test_data_parallel_and_fsdp_match_one_device(prepared, tmp_path):
+    runs = {}
+    for name, mesh in {"one": (1, 1, 1), "fsdp": (2, 4, 8)}.items():
+        data, fsdp, n = mesh
+        c = _config(prepared, **{"mesh.data": data, "mesh.fsdp": fsdp, "mesh.num_devices": n})
+        runs[name] = train_lib.train(c, str(tmp_path / name))
+    np.testing.assert_allclose(runs["one"]["loss"], runs["fsdp"]["loss"], rtol=1e-5)
+    _assert_trees(
+        _final(str(tmp_path / "one")), _final(str(tmp_path / "fsdp")), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_fsdp_parameter_shardings(prepared):
+    from nd3d_jax import sharding
+    from nd3d_jax.stages import get_stage
+
+    c = _config(prepared)
+    stage = get_stage(c)
+    mesh = sharding.make_mesh(2, 4)
+    shardings = sharding.param_shardings(stage.abstract_params(), mesh)
+    conv = shardings["unet"]["conv_in"]["kernel"].spec  # (3, 3, 3, 16): conv_out over fsdp
+    assert tuple(conv) == (None, None, None, "fsdp")
+    dense = shardings["conditioning"]["prior_alignment"]["fc"]["kernel"].spec  # (prior, embed)
+    assert tuple(dense) == (None, "fsdp")
+    odd = shardings["unet"]["conv_out"]["kernel"].spec  # 3 output channels: replicated
+    assert tuple(odd) == (None, None, None, None)
+
+
+def test_sigterm_saves_and_stops(prepared, tmp_path, monkeypatch):
+    from nd3d_jax.stages import neurodiff3d
+
+    calls = {"n": 0}
+    original = neurodiff3d.NeuroDiff3D.host_batch
+
+    def host_batch(self, batch, tokenizer):
+        calls["n"] += 1
+        if calls["n"] == 3:  # during step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, tokenizer)
+
+    monkeypatch.setattr(neurodiff3d.NeuroDiff3D, "host_batch", host_batch)
+    c = _config(prepared, **{"train.total_steps": 100, "train.checkpoint_every": 50})
+    metrics = train_lib.train(c, str(tmp_path))
+    assert metrics["step"] == 2
+    assert "2" in os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"stage": "nope"}, "unknown stage 'nope'"),
+        ({"model.clip.path": "/nonexistent/clip"}, "has no config.json"),
+        ({"data.data_dir": "/nonexistent/data"}, "does not exist"),
+        ({"data.split": "validation"}, "no split 'validation'"),
+        (
+            {"model.unet.config.cross_attention_dim": 16},
+            "cross_attention_dim 16 != CLIP projection",
+        ),
+    ],
+)
+def test_bad_input_fails_before_compiling(prepared, tmp_path, overrides, error):
+    with pytest.raises((ValueError, FileNotFoundError), match=error):
+        train_lib.train(_config(prepared, **overrides), str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints")
