@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench format clean
+.PHONY: venv demo refine-demo test bench format clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ $(STAMP): setup.py
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m nd3d_jax.refine --config=configs/refine_demo.py --workdir=out/demo
+	$(BIN)/python -m nd3d_jax.train --config=configs/demo.py --workdir=out/demo
+
+refine-demo: $(STAMP)
+	$(BIN)/python -m nd3d_jax.refine --config=configs/refine_demo.py --workdir=out/refine_demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,7 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
 
 bench: $(STAMP)
-	$(BIN)/python -m nd3d_jax.benchmark geometry render --out=out/bench/bench.json
+	$(BIN)/python -m nd3d_jax.benchmark geometry render data encoders diffusion train \
+		--out=out/bench/bench.json
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -28,7 +28,9 @@ def get_config(arg: str | None = None):
     c.optim.weight_decay = 0.0
     c.optim.ema_decay = 0.0
     c.optim.total_steps = c.train.total_steps = 300
-    c.schedule.num_train_timesteps = 200
+    # DDPM's linear schedule: over 1000 steps it ends at pure noise (abar_T ~ 4e-5), which
+    # the sampler starts from (over 200 steps it would end at abar_T ~ 0.13)
+    c.schedule.num_train_timesteps = 1000
     c.schedule.beta_schedule = "linear"
     c.schedule.beta_start = 1e-4
     c.schedule.beta_end = 0.02
@@ -36,7 +38,7 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 100
     c.train.preview_every = 100
     c.train.preview_examples = 4
-    c.train.preview_steps = 20
+    c.train.preview_steps = 25
     c.train.guidance = 2.0
     if arg == "tiny":
         c.data.synthetic_objects = 8

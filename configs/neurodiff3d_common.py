@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 
@@ -48,6 +50,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.cond_dropout = 0.1  # classifier-free guidance
     c.model.dtype = "float32"
     c.model.remat = False
+    # a trainable linear map f_fusion (512) -> the UNet's cross-attention width when they differ
+    c.model.context_projection = True
     c.model.frozen = ()  # extra frozen groups, e.g. ("unet",) or ("conditioning.mesh_conv",)
 
     c.schedule = ml_collections.ConfigDict(
@@ -126,3 +130,33 @@ def tiny_models(c: ml_collections.ConfigDict, pixel_space: bool = True) -> None:
     c.data.config_name = "tiny"
     c.data.max_faces = 512
     c.data.num_threads = 2
+
+
+# Paper sizes: ViT-B/32 CLIP, ResNet-18, the SD 1.5 UNet and VAE, a full T2I-Adapter.
+CLIP_B32 = dict(text_config={}, vision_config={}, projection_dim=512)  # transformers' defaults
+RESNET_18 = dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                 layer_type="basic")  # fmt: skip
+SD15_UNET = dict(cross_attention_dim=768)  # UNetConfig's defaults are SD 1.5
+SD15_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                scaling_factor=0.18215)  # fmt: skip
+ADAPTER = dict(in_channels=6, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8)
+
+
+def paper_models(c: ml_collections.ConfigDict, pretrained: bool = True) -> None:
+    """The paper configuration (512 x 512 inputs, K = 4 views of 256 px, latent 64 x 64)."""
+    c.weights_dir = "weights"
+    w = c.weights_dir
+    m = c.model
+    if pretrained:
+        m.clip = sub_model(os.path.join(w, "clip-vit-base-patch32"))
+        m.resnet = sub_model(os.path.join(w, "resnet-18"))
+        m.unet = sub_model(os.path.join(w, "stable-diffusion-v1-5", "unet"))
+        m.vae = sub_model(os.path.join(w, "stable-diffusion-v1-5", "vae"))
+    else:
+        m.clip, m.resnet = sub_model(**CLIP_B32), sub_model(**RESNET_18)
+        m.unet, m.vae = sub_model(**SD15_UNET), sub_model(**SD15_VAE)
+    m.vae.use = True
+    m.adapter = sub_model(**ADAPTER)
+    m.dtype = "bfloat16"
+    m.remat = True
+    c.data.data_dir = "data/tfds"

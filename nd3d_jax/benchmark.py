@@ -27,6 +27,7 @@ SUITES = {
     "data": "data_pipelines.benchmarks",
     "encoders": "nd3d_jax.models.benchmarks",
     "diffusion": "nd3d_jax.diffusion.benchmarks",
+    "train": "nd3d_jax.stages.benchmarks",
 }
 
 

@@ -176,28 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     it, tokenizer = input_pipeline(config, workdir)
 
     # model and state -----------------------------------------------------------------
-    p_shardings = sharding.param_shardings(stage.abstract_params(), mesh, rules)
-    params = stage.init_params(jax.random.PRNGKey(config.seed))
-    params = jax.device_put(params, p_shardings)
-    mask = stage.trainable_mask(params)
-    for name, (n_train, n_frozen) in stage.parameter_groups(params, mask).items():
-        log("params %-34s trainable %12s frozen %12s", name, f"{n_train:,}", f"{n_frozen:,}")
-    total_train, total = optim.count(params, mask), optim.count(params)
-    log("params total %s (trainable %s)", f"{total:,}", f"{total_train:,}")
-    tx = optim.make_optimizer(config.optim, mask)
-    schedule = optim.learning_rate(config.optim)
-    opt_state = jax.jit(tx.init)(params)  # moments take their parameters' shardings
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": opt_state,
-        "rng": jax.random.PRNGKey(config.seed + 1),
-        "skipped": jnp.zeros((), jnp.int32),
-    }
-    if config.optim.ema_decay > 0:
-        state["ema"] = jax.tree.map(jnp.copy, params)
-    state = jax.device_put(state, _state_shardings(state, mesh))
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    state, state_sh, tx, mask, schedule = setup_state(config, stage, mesh, rules, log)
 
     # checkpoint --------------------------------------------------------------------
     t = config.train
@@ -210,34 +189,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # compile -----------------------------------------------------------------------
     first = stage.host_batch(next(it), tokenizer)
-    batch_sh = sharding.batch_sharding(mesh)
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sh)
-        for k, v in first.items()
-    }
     step_fn = make_train_step(stage, tx, mask, config.optim.ema_decay, schedule)
-    t0 = time.perf_counter()
-    compiled = (
-        jax.jit(
-            step_fn,
-            in_shardings=(state_sh, batch_sh),
-            out_shardings=(state_sh, None),
-            donate_argnums=0,
-        )
-        .lower(abstract_like(state, state_sh), abstract_batch)
-        .compile()
-    )
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    xla_flops = float((cost or {}).get("flops", 0.0))
-    mem = compiled.memory_analysis()
-    log(
-        "compiled train_step in %.1fs: %.3g GFLOP/step (XLA), temp %.1f MiB, args %.1f MiB",
-        time.perf_counter() - t0,
-        xla_flops / 1e9,
-        getattr(mem, "temp_size_in_bytes", 0) / 2**20,
-        getattr(mem, "argument_size_in_bytes", 0) / 2**20,
-    )
+    compiled = compile_step(step_fn, state, state_sh, first, mesh, config.data.batch_size, log)
     flops_per_step = stage.train_flops_per_example() * config.data.batch_size
     peak = peak_flops(jax.devices()[0])
 
@@ -290,6 +243,59 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "metrics.json"), "w") as f:
         json.dump({"step": step, **last}, f, indent=1)
     return {"step": step, **last}
+
+
+def setup_state(config, stage, mesh, rules, log=LOG.info):
+    """Initialised (and pretrained-loaded) train state on the mesh, with its shardings, the
+    optimizer, the trainable mask and the learning-rate schedule."""
+    p_shardings = sharding.param_shardings(stage.abstract_params(), mesh, rules)
+    params = stage.init_params(jax.random.PRNGKey(config.seed))
+    params = jax.device_put(params, p_shardings)
+    mask = stage.trainable_mask(params)
+    for name, (n_train, n_frozen) in stage.parameter_groups(params, mask).items():
+        log("params %-34s trainable %12s frozen %12s", name, f"{n_train:,}", f"{n_frozen:,}")
+    total_train, total = optim.count(params, mask), optim.count(params)
+    log("params total %s (trainable %s)", f"{total:,}", f"{total_train:,}")
+    tx = optim.make_optimizer(config.optim, mask)
+    schedule = optim.learning_rate(config.optim)
+    opt_state = jax.jit(tx.init)(params)  # moments take their parameters' shardings
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": opt_state,
+        "rng": jax.random.PRNGKey(config.seed + 1),
+        "skipped": jnp.zeros((), jnp.int32),
+    }
+    if config.optim.ema_decay > 0:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    state = jax.device_put(state, _state_shardings(state, mesh))
+    return state, jax.tree.map(lambda x: x.sharding, state), tx, mask, schedule
+
+
+def compile_step(step_fn, state, state_sh, host_batch, mesh, global_batch, log=LOG.info):
+    """Ahead-of-time compiled step (state donated); logs compile time, FLOPs and memory."""
+    batch_sh = sharding.batch_sharding(mesh)
+    abstract_batch = {
+        k: jax.ShapeDtypeStruct((global_batch, *v.shape[1:]), v.dtype, sharding=batch_sh)
+        for k, v in host_batch.items()
+    }
+    t0 = time.perf_counter()
+    jitted = jax.jit(
+        step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0
+    )
+    compiled = jitted.lower(abstract_like(state, state_sh), abstract_batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    xla_flops = float((cost or {}).get("flops", 0.0))
+    mem = compiled.memory_analysis()
+    log(
+        "compiled train_step in %.1fs: %.3g GFLOP/step (XLA), temp %.1f MiB, args %.1f MiB",
+        time.perf_counter() - t0,
+        xla_flops / 1e9,
+        getattr(mem, "temp_size_in_bytes", 0) / 2**20,
+        getattr(mem, "argument_size_in_bytes", 0) / 2**20,
+    )
+    return compiled
 
 
 def _state_shardings(state, mesh):

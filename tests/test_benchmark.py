@@ -95,3 +95,10 @@ def test_diffusion_suite_quick():
     # the hand count covers the matmuls and convolutions XLA also counts
     assert 0.8 < fwd.analytic_flops / fwd.xla_flops <= 1.0
     assert "| GFLOP xla / analytic |" in benchmark.markdown_table(records).splitlines()[0]
+
+
+def test_train_suite_quick():
+    records = benchmark.run_suites(["train"], BenchOptions(quick=True, repeats=1, warmup=1))
+    assert [r.name for r in records] == ["train_step_demo"]
+    assert records[0].median_s > 0 and records[0].throughput_unit == "examples/s"
+    assert "MFU n/a" in records[0].shape  # no peak FLOP/s known for CPUs

@@ -116,6 +116,18 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v over (B, N, heads, d). On GPU `jax.nn.dot_product_attention`
+    (cuDNN's fused kernel where it applies); elsewhere two matmuls around a float32 softmax,
+    which XLA:CPU runs 2x faster than dot_product_attention's generic path (measured)."""
+    if jax.default_backend() == "gpu":
+        return jax.nn.dot_product_attention(q, k, v)
+    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # (B, heads, N, d)
+    logits = jnp.matmul(qt, jnp.swapaxes(kt, -1, -2)).astype(jnp.float32) * q.shape[-1] ** -0.5
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.swapaxes(jnp.matmul(weights, vt), 1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head attention; keys and values from `context` (cross) or `x` (self)."""
 
@@ -134,7 +146,7 @@ class Attention(nn.Module):
             return y.reshape(b, -1, self.heads, self.head_dim)
 
         q, k, v = proj("to_q", x), proj("to_k", context), proj("to_v", context)
-        out = jax.nn.dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v
+        out = attention(q, k, v)
         return dense(d, ("heads", "embed"), name="to_out", dtype=self.dtype)(
             out.reshape(b, n, inner)
         )

@@ -86,6 +86,7 @@ def rasterize(
     num_faces = faces.shape[0]
     if work_budget is None:
         work_budget = default_work_budget(num_faces, height, width, tile)
+    chunk = min(chunk, -(-work_budget // 128) * 128)  # small meshes: no padded chunk work
     work_budget = -(-work_budget // chunk) * chunk  # whole chunks
 
     uv, z = project(camera, vertices)

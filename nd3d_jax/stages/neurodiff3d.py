@@ -80,15 +80,23 @@ class NeuroDiff3D:
         self.factor = vae.config.downsample_factor if vae else m.pixel_factor
         self.latent_size = self.grid_size // self.factor
         self.latent_channels = vae.config.latent_channels if vae else 3
+        # f_fusion (CLIP width, 512) -> the UNet's cross-attention width (768 for SD 1.5)
+        self.context_proj = None
+        if m.context_projection and unet_cfg.cross_attention_dim != clip_cfg.projection_dim:
+            from nd3d_jax.models.layers import dense
+
+            self.context_proj = dense(
+                unet_cfg.cross_attention_dim, ("embed", "mlp"), name="context_proj", dtype=dtype
+            )
         self._check(clip_cfg, unet_cfg, adapter_cfg)
 
     def _check(self, clip_cfg, unet_cfg, adapter_cfg) -> None:
         m = self.config.model
         problems = []
-        if unet_cfg.cross_attention_dim != clip_cfg.projection_dim:
+        if unet_cfg.cross_attention_dim != clip_cfg.projection_dim and not m.context_projection:
             problems.append(
                 f"unet cross_attention_dim {unet_cfg.cross_attention_dim} != CLIP projection "
-                f"{clip_cfg.projection_dim} (f_fusion's width)"
+                f"{clip_cfg.projection_dim} (f_fusion's width); set model.context_projection"
             )
         if unet_cfg.in_channels != self.latent_channels:
             problems.append(
@@ -109,6 +117,15 @@ class NeuroDiff3D:
             problems.append("semantic_length > 64 (paper: max length 64)")
         if problems:
             raise ValueError("model config: " + "; ".join(problems))
+        abar_end = float(self.schedule.alphas_cumprod[-1])
+        if abar_end > 0.01:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "the noise schedule ends at abar_T = %.3g, not pure noise: sampling starts from "
+                "N(0, I), which training never saw (use more steps or a larger beta_end)",
+                abar_end,
+            )
 
     # ---------------------------------------------------------------- parameters
     def _example_inputs(self, batch: int = 1) -> dict:
@@ -146,6 +163,11 @@ class NeuroDiff3D:
         variables["unet"] = mods.unet.init(k3, latent, jnp.zeros((1,), jnp.int32), ctx)["params"]
         if mods.vae is not None:
             variables["vae"] = mods.vae.init(k4, x["grid"])["params"]
+        if self.context_proj is not None:
+            width = self.modules.conditioning.config.clip.projection_dim
+            variables["context_proj"] = self.context_proj.init(k4, jnp.zeros((1, 1, width)))[
+                "params"
+            ]
         return variables
 
     def abstract_params(self):
@@ -192,6 +214,8 @@ class NeuroDiff3D:
         }
         if "vae" in params:
             mask["vae"] = jax.tree.map(lambda _: False, params["vae"])
+        if "context_proj" in params:
+            mask["context_proj"] = jax.tree.map(lambda _: True, params["context_proj"])
         for group in self.config.model.frozen:
             top, _, sub = group.partition(".")
             node = mask[top] if not sub else mask[top][sub]
@@ -332,6 +356,8 @@ class NeuroDiff3D:
         f_fusion = self.modules.conditioning.apply({"params": params["conditioning"]}, inputs)[
             "f_fusion"
         ]
+        if self.context_proj is not None:
+            f_fusion = self.context_proj.apply({"params": params["context_proj"]}, f_fusion)
         if train and m.cond_dropout > 0:
             keep = jax.random.uniform(k_drop, (b, 1, 1)) >= m.cond_dropout
             f_fusion = jnp.where(keep, f_fusion, 0.0)
