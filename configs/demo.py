@@ -34,6 +34,9 @@ def get_config(arg: str | None = None):
     c.schedule.beta_schedule = "linear"
     c.schedule.beta_start = 1e-4
     c.schedule.beta_end = 0.02
+    # a tiny pixel-space model: predicting x_0 keeps high-noise predictions on the image scale
+    c.schedule.prediction_type = "sample"
+    c.train.clip_sample = 1.0
     c.train.log_every = 10
     c.train.checkpoint_every = 100
     c.train.preview_every = 100

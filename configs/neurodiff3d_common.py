@@ -16,7 +16,11 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = "neurodiff3d"
     c.seed = 0
-    c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
+    # multi-process: jax.distributed.initialize() (auto-detected cluster, or the address given)
+    c.distributed = ml_collections.ConfigDict(
+        dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+             cpu_collectives="gloo")
+    )  # fmt: skip
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "omniobject3d"  # or "pix3d"
@@ -93,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
             preview_examples=2,
             preview_steps=50,
             guidance=7.5,
+            clip_sample=0.0,  # > 0: clip predicted x_0 to [-v, v] when sampling (pixel space)
         )
     )
     return c

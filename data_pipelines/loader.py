@@ -184,18 +184,47 @@ def make_dataset(
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    if len(ds) == 0:
-        raise ValueError(f"shard {shard_index}/{shard_count} of {len(source)} examples is empty")
-    ds = ds.seed(seed)
-    if train:
-        ds = ds.shuffle().repeat(num_epochs)
+    if len(source) < shard_count:
+        raise ValueError(f"{len(source)} examples cannot be split over {shard_count} processes")
+    ds = grain.MapDataset.source(source).seed(seed)
+    if not train:  # evaluation: each process reads its shard once, in order
+        ds = ds[shard_index::shard_count].map(
+            functools.partial(to_model_inputs, max_faces=max_faces)
+        )
+        if max_faces is not None:
+            ds = ds.map(functools.partial(mesh_conv_inputs, num_faces=num_sampled_faces))
+        return ds.batch(batch_size, drop_remainder=False)
+    # training: one global shuffled stream, transformed per global index, then each process
+    # takes its block of every global batch, so the global batches (and their order, flips
+    # and noise) are the same for any number of processes
+    ds = ds.shuffle().repeat(num_epochs)
     ds = ds.map(functools.partial(to_model_inputs, max_faces=max_faces))
-    if train and flip_probability > 0:
+    if flip_probability > 0:
         ds = ds.random_map(RandomFlip(flip_probability, grid_cols))
     if max_faces is not None:
         ds = ds.map(functools.partial(mesh_conv_inputs, num_faces=num_sampled_faces))
-    return ds.batch(batch_size, drop_remainder=train)
+    return BlockShard(ds, shard_index, shard_count, batch_size).batch(
+        batch_size, drop_remainder=True
+    )
+
+
+class BlockShard(grain.MapDataset):
+    """Process `index` of `count` reads its contiguous `block` of every global batch of
+    `block * count` elements (global batches are the concatenation over processes, as
+    `jax.make_array_from_process_local_data` joins them)."""
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, block: int):
+        super().__init__(parent)
+        self._index, self._count, self._block = index, count, block
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        b = self._block
+        return self._parent[(j // b) * b * self._count + self._index * b + j % b]
 
 
 def make_iterator(source, *, num_threads: int = 8, prefetch: int = 16, **kwargs):

@@ -66,3 +66,24 @@ def abstract_like(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+def load_params(path: str, shardings=None):
+    """A parameter checkpoint (e.g. `WORKDIR/params_final`) restored onto this process's
+    devices, whatever topology wrote it: `shardings` (a tree or one sharding), default the
+    first local device."""
+    path = os.path.abspath(path)
+    with ocp.StandardCheckpointer() as ckptr:
+        metadata = ckptr.metadata(path)
+        tree = getattr(metadata, "item_metadata", metadata)
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        if shardings is None or isinstance(shardings, jax.sharding.Sharding):
+            one = shardings or default
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree
+            )
+        else:
+            target = jax.tree.map(
+                lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree, shardings
+            )
+        return ckptr.restore(path, target)

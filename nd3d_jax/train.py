@@ -48,6 +48,24 @@ def peak_flops(device) -> float | None:
     return None
 
 
+def initialize_distributed(d: ml_collections.ConfigDict) -> None:
+    """`jax.distributed.initialize()` when asked (or when JAX_COORDINATOR_ADDRESS is set):
+    with an explicit coordinator address, process count and id, or auto-detected (SLURM,
+    Open MPI, TPU pods, ...). CPU processes talk through `cpu_collectives` (gloo)."""
+    if not (d.enabled or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        return
+    if d.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
+    kwargs = {}
+    if d.coordinator_address:
+        kwargs = dict(
+            coordinator_address=d.coordinator_address,
+            num_processes=d.num_processes,
+            process_id=d.process_id,
+        )
+    jax.distributed.initialize(**kwargs)
+
+
 # ------------------------------------------------------------------------------------ input
 def input_pipeline(config: ml_collections.ConfigDict, workdir: str):
     """(grain iterator over this process's shard, tokenizer); synthetic data is generated
@@ -155,8 +173,7 @@ def make_train_step(stage, tx, mask, ema_decay: float, schedule):
 # ------------------------------------------------------------------------------------ main
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) training; returns the final host metrics."""
-    if config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+    initialize_distributed(config.distributed)
     os.makedirs(workdir, exist_ok=True)
     log = LOG.info
     stage = get_stage(config)  # config errors surface here, before any data or compile
@@ -240,8 +257,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.flush()
     if step >= t.total_steps:
         _save_final(state, workdir)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump({"step": step, **last}, f, indent=1)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+            json.dump({"step": step, **last}, f, indent=1)
     return {"step": step, **last}
 
 
@@ -333,9 +351,14 @@ def _preview(stage, state, host_batch, mesh, workdir, step, writer, config) -> N
 
     n = min(config.train.preview_examples, len(host_batch["image"]))
     small = {k: v[:n] for k, v in host_batch.items()}
+    if jax.process_count() > 1:  # every process samples process 0's examples
+        from jax.experimental import multihost_utils
+
+        small = multihost_utils.broadcast_one_to_all(small)
     params = state.get("ema", state["params"])
     fn = jax.jit(
-        lambda p, b, k: stage.sample(p, b, k, config.train.preview_steps, config.train.guidance)
+        lambda p, b, k: stage.sample(p, b, k, config.train.preview_steps, config.train.guidance),
+        out_shardings=sharding.replicated(mesh),
     )
     out = jax.device_get(fn(params, small, jax.random.PRNGKey(step)))
     rows = [

@@ -154,3 +154,19 @@ def test_targets_and_masked_loss():
     assert float(jnp.abs(grad[1]).max()) == 0.0
     with pytest.raises(ValueError, match="beta_schedule"):
         d.ScheduleConfig(beta_schedule="quadratic")
+
+
+def test_ddim_with_clipped_x0_matches_diffusers():
+    ours, ref = _pair("linear", "epsilon", cls=DDIMScheduler, set_alpha_to_one=True)
+    ref.config.clip_sample = True  # _pair turns it off
+    ref.set_timesteps(10)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(1, 4, 4, 3)).astype(np.float32)
+    out = 3.0 * rng.normal(size=x.shape).astype(np.float32)  # x0 estimates far outside [-1, 1]
+    t, prev = 900, 800
+    want = ref.step(
+        torch.from_numpy(out), t, torch.from_numpy(x), eta=0.0, use_clipped_model_output=True
+    ).prev_sample
+    got, x0 = d.ddim_step(ours, jnp.asarray(out), t, prev, jnp.asarray(x), clip=1.0)
+    assert float(jnp.abs(x0).max()) <= 1.0
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)

@@ -178,3 +178,19 @@ def test_bad_arguments(prepared):
         _source(prepared, "pix3d", "validation")
     with pytest.raises(FileNotFoundError, match="data_pipelines.prepare"):
         data_source(prepared["data_dir"], "pix3d", config="default")
+
+
+def test_training_batches_do_not_depend_on_the_process_count(prepared):
+    """Two processes' per-process batches, concatenated, are the one-process global batch:
+    same examples, order and flips."""
+    source = _source(prepared, "omniobject3d")
+    kw = dict(train=True, seed=3, num_threads=1, max_faces=512, num_sampled_faces=32)
+    one = make_iterator(source, batch_size=4, shard_index=0, shard_count=1, **kw)
+    two = [
+        make_iterator(source, batch_size=2, shard_index=i, shard_count=2, **kw) for i in range(2)
+    ]
+    for _ in range(3):
+        whole = next(one)
+        parts = [next(it) for it in two]
+        for key in ("key", "flipped", "image", "mesh_vertices", "faces/features"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])

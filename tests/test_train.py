@@ -7,7 +7,6 @@ import signal
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from nd3d_jax import train as train_lib
@@ -34,8 +33,9 @@ def _config(prepared, **overrides):
 
 
 def _final(workdir):
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(os.path.join(workdir, "params_final"))
+    from nd3d_jax.checkpoint import load_params
+
+    return load_params(os.path.join(workdir, "params_final"))
 
 
 def _assert_trees(a, b, **tol):
@@ -178,3 +178,37 @@ def test_paper_configs_build(prepared):
     shapes = nn.unbox(stage.abstract_params())
     assert shapes["conditioning"]["prior_alignment"]["fc"]["kernel"].shape == (384, 512)
     assert shapes["context_proj"]["kernel"].shape == (512, 768)
+
+
+def test_two_processes_match_one(prepared, reference, tmp_path):
+    """2 processes x 4 CPU devices (gloo over loopback) train together and end where the
+    single-process 8-device run ends: each reads its block of every global batch."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    workdir = str(tmp_path / "two")
+    args = [
+        sys.executable, "-m", "nd3d_jax.train", "--config=configs/demo.py:tiny",
+        f"--workdir={workdir}", "--config.data.synthetic_objects=0",
+        f"--config.data.data_dir={prepared['data_dir']}", "--config.data.num_threads=1",
+        "--config.optim.total_steps=6", "--config.train.total_steps=6",
+        "--config.train.checkpoint_every=3", "--config.distributed.enabled=True",
+        f"--config.distributed.coordinator_address=localhost:{port}",
+        "--config.distributed.num_processes=2",
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}  # fmt: skip
+    procs = [
+        subprocess.Popen([*args, f"--config.distributed.process_id={i}"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "over 8 devices (2 processes)" in outputs[0]
+    _assert_trees(_final(workdir), _final(reference[0]), rtol=1e-5, atol=1e-5)

@@ -44,7 +44,17 @@ def ddpm_variance(schedule: Schedule, t, prev_t=None) -> jax.Array:
     return jnp.maximum(jnp.where(prev_t == t - 1, exact, strided), 1e-20)
 
 
-def ddpm_step(schedule: Schedule, model_output, t, x_t, noise, prev_t=None):
+def _clip(schedule, x0, eps, x_t, t, clip):
+    """Clips the predicted x_0 to [-clip, clip] and re-derives eps from it (diffusers'
+    clip_sample with use_clipped_model_output); pixel-space models need it at high noise."""
+    if clip is None:
+        return x0, eps
+    abar = _bcast(_abar(schedule, t), x_t)
+    x0 = jnp.clip(x0, -clip, clip)
+    return x0, (x_t - jnp.sqrt(abar) * x0) / jnp.sqrt(1.0 - abar)
+
+
+def ddpm_step(schedule: Schedule, model_output, t, x_t, noise, prev_t=None, clip=None):
     """Ancestral step x_t -> x_{t-1} = mu_theta(x_t, t) + sigma_t z (eq 14); no noise at t = 0.
 
     mu is the posterior mean of q(x_{t-1} | x_t, x_0) at the predicted x_0. Returns
@@ -53,7 +63,7 @@ def ddpm_step(schedule: Schedule, model_output, t, x_t, noise, prev_t=None):
     prev_t = jnp.asarray(t) - 1 if prev_t is None else prev_t
     abar, abar_prev = _bcast(_abar(schedule, t), x_t), _bcast(_abar(schedule, prev_t), x_t)
     alpha = abar / abar_prev
-    x0, _ = predict_x0_eps(schedule, model_output, x_t, t)
+    x0, _ = _clip(schedule, *predict_x0_eps(schedule, model_output, x_t, t), x_t, t, clip)
     mean = (jnp.sqrt(abar_prev) * (1 - alpha) * x0 + jnp.sqrt(alpha) * (1 - abar_prev) * x_t) / (
         1 - abar
     )
@@ -62,10 +72,12 @@ def ddpm_step(schedule: Schedule, model_output, t, x_t, noise, prev_t=None):
     return mean + jnp.where(keep, sigma * noise, 0.0), x0
 
 
-def ddim_step(schedule: Schedule, model_output, t, prev_t, x_t, eta: float = 0.0, noise=None):
+def ddim_step(
+    schedule: Schedule, model_output, t, prev_t, x_t, eta: float = 0.0, noise=None, clip=None
+):
     """DDIM (Song et al. 2021, eq 12): deterministic at eta = 0. Returns (x_prev, predicted x_0)."""
     abar, abar_prev = _bcast(_abar(schedule, t), x_t), _bcast(_abar(schedule, prev_t), x_t)
-    x0, eps = predict_x0_eps(schedule, model_output, x_t, t)
+    x0, eps = _clip(schedule, *predict_x0_eps(schedule, model_output, x_t, t), x_t, t, clip)
     variance = (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
     std = eta * jnp.sqrt(variance)
     x_prev = jnp.sqrt(abar_prev) * x0 + jnp.sqrt(jnp.maximum(1 - abar_prev - std**2, 0.0)) * eps
@@ -103,9 +115,11 @@ def sample(
     sampler: str = "ddim",
     eta: float = 0.0,
     spacing: str = "leading",
+    clip: float | None = None,
 ) -> jax.Array:
     """A whole reverse run in one `lax.scan`. `model_fn(x_t, t_batch)` returns the network output
-    (wrap it with `classifier_free_guidance` for guided sampling). Returns x_0."""
+    (wrap it with `classifier_free_guidance` for guided sampling); `clip` bounds each
+    predicted x_0 (pixel-space models). Returns x_0."""
     ts = jnp.asarray(timesteps(schedule.num_train_timesteps, num_steps, spacing))
     prev = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
     if sampler not in ("ddim", "ddpm"):
@@ -116,9 +130,9 @@ def sample(
         out = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
         noise = jax.random.normal(k, x.shape, x.dtype)
         if sampler == "ddpm":
-            x, _ = ddpm_step(schedule, out, t, x, noise, prev_t=t_prev)
+            x, _ = ddpm_step(schedule, out, t, x, noise, prev_t=t_prev, clip=clip)
         else:
-            x, _ = ddim_step(schedule, out, t, t_prev, x, eta, noise if eta > 0 else None)
+            x, _ = ddim_step(schedule, out, t, t_prev, x, eta, noise if eta > 0 else None, clip)
         return x, None
 
     x, _ = jax.lax.scan(body, x_T, (ts, prev, jax.random.split(key, num_steps)))

@@ -408,9 +408,9 @@ class NeuroDiff3D:
             uncond, cond_ = jnp.split(both, 2)
             return diffusion.classifier_free_guidance(uncond, cond_, guidance)
 
-        x0 = diffusion.sample(
-            model_fn, self.schedule, jax.random.normal(k_x, shape), k_s, num_steps
-        )
+        clip = self.config.train.clip_sample or None
+        x_T = jax.random.normal(k_x, shape)
+        x0 = diffusion.sample(model_fn, self.schedule, x_T, k_s, num_steps, clip=clip)
         to01 = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # noqa: E731
         return {
             "sample": to01(self.decode(params, x0)),
