@@ -212,3 +212,35 @@ def test_two_processes_match_one(prepared, reference, tmp_path):
         assert p.returncode == 0, out[-3000:]
     assert "over 8 devices (2 processes)" in outputs[0]
     _assert_trees(_final(workdir), _final(reference[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_resume_onto_another_mesh(prepared, reference, tmp_path):
+    """Checkpoint written on 8 data-parallel devices, resumed on a 2 x 4 (data, fsdp) mesh."""
+    workdir = str(tmp_path)
+    train_lib.train(_config(prepared), workdir)
+    fsdp = {"train.total_steps": 6, "mesh.data": 2, "mesh.fsdp": 4}
+    assert train_lib.train(_config(prepared, **fsdp), workdir)["step"] == 6
+    _assert_trees(_final(workdir), _final(reference[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_steps_change_nothing_and_are_counted():
+    import jax.numpy as jnp
+    import optax
+
+    class Stage:
+        def loss(self, params, batch, key):
+            loss = jnp.sum(params["w"] * batch["x"])
+            return loss, {"loss": loss}
+
+    params = {"w": jnp.ones(3)}
+    mask = {"w": True}
+    tx = optax.adam(0.1)
+    step = jax.jit(train_lib.make_train_step(Stage(), tx, mask, 0.9, lambda s: 0.1))
+    state = {"step": jnp.int32(0), "params": params, "opt_state": tx.init(params),
+             "rng": jax.random.PRNGKey(0), "skipped": jnp.int32(0), "ema": params}  # fmt: skip
+    good, _ = step(state, {"x": jnp.ones(3)})
+    assert not np.allclose(good["params"]["w"], 1.0) and int(good["skipped"]) == 0
+    bad, metrics = step(good, {"x": jnp.array([1.0, jnp.nan, 1.0])})
+    assert int(bad["skipped"]) == 1 and int(bad["step"]) == 2 and np.isnan(metrics["loss"])
+    for key in ("params", "opt_state", "ema"):
+        _assert_trees(bad[key], good[key])
