@@ -229,8 +229,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, metrics = compiled(state, batch)
             step += 1
             bar.update(1)
-            if step < t.total_steps:
-                pending = stage.host_batch(next(it), tokenizer)
             if step % t.log_every == 0 or step == t.total_steps:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - timer
@@ -245,11 +243,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     log("step %d: %d non-finite steps skipped so far", step, int(last["skipped"]))
             if t.preview_every and (step % t.preview_every == 0 or step == t.total_steps):
                 _preview(stage, state, preview_batch, mesh, workdir, step, writer, config)
+            # the iterator has yielded exactly the batches of steps 1..step here: checkpoint
+            # before fetching the next one (the fetch still overlaps the next step's compute)
             ckpt.save(step, state, it)
             if stop["signal"] is not None:
                 log("SIGTERM at step %d: saving a checkpoint and stopping", step)
                 ckpt.save(step, state, it, force=True)
                 break
+            if step < t.total_steps:
+                pending = stage.host_batch(next(it), tokenizer)
     finally:
         signal.signal(signal.SIGTERM, previous)
         bar.close()

@@ -108,7 +108,7 @@ def test_fsdp_parameter_shardings(prepared):
     assert tuple(odd) == (None, None, None, None)
 
 
-def test_sigterm_saves_and_stops(prepared, tmp_path, monkeypatch):
+def test_sigterm_saves_stops_and_resumes_exactly(prepared, reference, tmp_path, monkeypatch):
     from nd3d_jax.stages import neurodiff3d
 
     calls = {"n": 0}
@@ -116,15 +116,18 @@ def test_sigterm_saves_and_stops(prepared, tmp_path, monkeypatch):
 
     def host_batch(self, batch, tokenizer):
         calls["n"] += 1
-        if calls["n"] == 3:  # during step 2
+        if calls["n"] == 3:  # while fetching step 3's batch
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, batch, tokenizer)
 
     monkeypatch.setattr(neurodiff3d.NeuroDiff3D, "host_batch", host_batch)
     c = _config(prepared, **{"train.total_steps": 100, "train.checkpoint_every": 50})
     metrics = train_lib.train(c, str(tmp_path))
-    assert metrics["step"] == 2
-    assert "2" in os.listdir(tmp_path / "checkpoints")
+    assert metrics["step"] == 3  # the step in flight finishes, is saved, and the run stops
+    assert "3" in os.listdir(tmp_path / "checkpoints")
+    monkeypatch.setattr(neurodiff3d.NeuroDiff3D, "host_batch", original)
+    train_lib.train(_config(prepared, **{"train.total_steps": 6}), str(tmp_path))
+    _assert_trees(_final(str(tmp_path)), _final(reference[0]))  # the data stream resumed exactly
 
 
 @pytest.mark.parametrize(
@@ -244,3 +247,37 @@ def test_non_finite_steps_change_nothing_and_are_counted():
     assert int(bad["skipped"]) == 1 and int(bad["step"]) == 2 and np.isnan(metrics["loss"])
     for key in ("params", "opt_state", "ema"):
         _assert_trees(bad[key], good[key])
+
+
+def test_sigkill_at_a_random_step_then_restart_is_bit_identical(prepared, reference, tmp_path):
+    """A run killed with SIGKILL somewhere after its first checkpoint, restarted with the same
+    command, ends bit-identical to the uninterrupted run."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    workdir = str(tmp_path / "killed")
+    cmd = [
+        sys.executable, "-m", "nd3d_jax.train", "--config=configs/demo.py:tiny",
+        f"--workdir={workdir}", "--config.data.synthetic_objects=0",
+        f"--config.data.data_dir={prepared['data_dir']}", "--config.data.num_threads=1",
+        "--config.optim.total_steps=6", "--config.train.total_steps=6",
+        "--config.train.checkpoint_every=2",
+    ]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    first = os.path.join(workdir, "checkpoints", "2")
+    deadline = time.time() + 600
+    while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere after step 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    assert not os.path.exists(os.path.join(workdir, "params_final"))
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    _assert_trees(_final(workdir), _final(reference[0]))
