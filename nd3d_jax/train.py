@@ -189,6 +189,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         jax.process_count(),
     )
 
+    if config.data.batch_size % mesh.size:
+        raise ValueError(
+            f"data.batch_size {config.data.batch_size} is not divisible by the {mesh.size} devices "
+            "of the mesh (set mesh.num_devices or the batch size)"
+        )
+
     # input pipeline ----------------------------------------------------------------
     it, tokenizer = input_pipeline(config, workdir)
 

@@ -137,8 +137,9 @@ def test_sigterm_saves_stops_and_resumes_exactly(prepared, reference, tmp_path, 
         ({"model.clip.path": "/nonexistent/clip"}, "has no config.json"),
         ({"data.data_dir": "/nonexistent/data"}, "does not exist"),
         ({"data.split": "validation"}, "no split 'validation'"),
+        ({"data.batch_size": 4}, "batch_size 4 is not divisible by the 8 devices"),
         (
-            {"model.unet.config.cross_attention_dim": 16},
+            {"model.unet.config.cross_attention_dim": 16, "model.context_projection": False},
             "cross_attention_dim 16 != CLIP projection",
         ),
     ],
@@ -153,7 +154,7 @@ def test_pix3d_config_trains_with_masked_views(prepared, tmp_path):
     """Pix3D: one photo in grid slot 0, the other slots out of the loss."""
     c = load_config(os.path.join(ROOT, "configs/neurodiff3d_pix3d.py:tiny"))
     c.data.data_dir = prepared["data_dir"]
-    c.data.batch_size = 4
+    c.data.batch_size = 8
     c.data.num_threads = 1
     c.optim.total_steps = c.train.total_steps = 2
     c.train.preview_every = 2
