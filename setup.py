@@ -7,7 +7,14 @@ setup(
     version="0.1.0",
     description="NeuroDiff3D in JAX/Flax: image + text to a textured 3D object",
     packages=find_packages(
-        include=["nd3d_jax", "nd3d_jax.*", "data_pipelines", "data_pipelines.*"]
+        include=[
+            "nd3d_jax",
+            "nd3d_jax.*",
+            "data_pipelines",
+            "data_pipelines.*",
+            "configs",
+            "benchmarks",
+        ]
     ),
     python_requires=">=3.10",
     # Ranges tested on CPU with Python 3.11 (see README).

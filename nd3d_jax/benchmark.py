@@ -22,12 +22,12 @@ from collections.abc import Callable
 import jax
 
 SUITES = {
-    "geometry": "nd3d_jax.geometry.benchmarks",
-    "render": "nd3d_jax.render.benchmarks",
-    "data": "data_pipelines.benchmarks",
-    "encoders": "nd3d_jax.models.benchmarks",
-    "diffusion": "nd3d_jax.diffusion.benchmarks",
-    "train": "nd3d_jax.stages.benchmarks",
+    "geometry": "benchmarks.geometry",
+    "render": "benchmarks.render",
+    "data": "benchmarks.data",
+    "encoders": "benchmarks.encoders",
+    "diffusion": "benchmarks.diffusion",
+    "train": "benchmarks.train",
 }
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from nd3d_jax.render.benchmarks import ray_cast_depth
+from benchmarks.render import ray_cast_depth
 from nd3d_jax.render.camera import (
     focal_from_fov,
     fov_from_focal,

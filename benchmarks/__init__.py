@@ -1,0 +1,1 @@
+"""Benchmark suites of `python -m nd3d_jax.benchmark NAME` (outside the library packages)."""
