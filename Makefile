@@ -20,12 +20,12 @@ demo: $(STAMP)
 	$(BIN)/python -m nd3d_jax.train --config=configs/demo.py --workdir=out/demo
 
 refine-demo: $(STAMP)
-	$(BIN)/python -m nd3d_jax.refine --config=configs/refine_demo.py --workdir=out/refine_demo
+	$(BIN)/python -m nd3d_jax.refine_demo --config=configs/refine_demo.py --workdir=out/refine_demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m nd3d_jax.benchmark geometry render data encoders diffusion train \

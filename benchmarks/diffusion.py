@@ -16,20 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import presets
 from nd3d_jax.benchmark import BenchOptions, Record, device_name, measure
 from nd3d_jax.models.unet import UNet, UNetConfig
 from nd3d_jax.models.unet_flops import unet_forward_flops
-
-TINY = dict(
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=1,
-    attention_head_dim=4,
-    cross_attention_dim=64,
-    norm_num_groups=8,
-)
-SD15 = dict(cross_attention_dim=768)  # otherwise diffusers' defaults: the SD 1.5 UNet
 
 
 def _pair(config: dict):
@@ -152,10 +142,10 @@ def _bench(name, config, batch, size, backward_size, opts) -> list[Record]:
 
 
 def suite(opts: BenchOptions) -> list[Record]:
-    records = _bench("tiny", TINY, 2, 32, 32, opts)
+    records = _bench("tiny", presets.TINY_UNET, 2, 32, 32, opts)
     if not opts.quick:
         # SD 1.5 at 512 px (latent 64) forward; forward+backward at latent 32: at 64 the
         # activations of both frameworks together exceed this machine's 24 GB.
         big = dataclasses.replace(opts, repeats=min(opts.repeats, 3))
-        records += _bench("sd15", SD15, 1, 64, 32, big)
+        records += _bench("sd15", presets.SD15_UNET, 1, 64, 32, big)
     return records

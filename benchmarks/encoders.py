@@ -16,23 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import presets
 from nd3d_jax.benchmark import BenchOptions, Record, device_name, measure
-
-TINY_CLIP = dict(
-    text_config=dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4
-    ),
-    vision_config=dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=64,
-    ),
-    projection_dim=64,
-)
-RESNET_18 = dict(layer_type="basic", hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2])
-TINY_RESNET = dict(embedding_size=16, hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1])
 
 
 def _models(quick: bool, folder: str):
@@ -42,8 +27,10 @@ def _models(quick: bool, folder: str):
     from nd3d_jax.weights import load_clip, load_resnet
 
     torch.manual_seed(0)
-    t_clip = CLIPModel(CLIPConfig(**(TINY_CLIP if quick else {}))).eval()
-    t_resnet = ResNetModel(ResNetConfig(**(TINY_RESNET if quick else RESNET_18))).eval()
+    clip_config = presets.TINY_CLIP if quick else presets.CLIP_B32
+    resnet_config = presets.TINY_RESNET if quick else presets.RESNET_18
+    t_clip = CLIPModel(CLIPConfig(**clip_config)).eval()
+    t_resnet = ResNetModel(ResNetConfig(**resnet_config)).eval()
     t_clip.save_pretrained(f"{folder}/clip")
     t_resnet.save_pretrained(f"{folder}/resnet")
     return t_clip, t_resnet, load_clip(f"{folder}/clip"), load_resnet(f"{folder}/resnet")

@@ -1,26 +1,25 @@
 """Geometry refinement demo: refine a noisy analytic shape (P2, eq 4-7).
 
-    python -m nd3d_jax.refine --config=configs/refine_demo.py --workdir=out/demo
-    python -m nd3d_jax.refine --config=configs/refine_demo.py:tiny --config.shape.kind=torus
+    python -m nd3d_jax.refine_demo --config=configs/refine_demo.py --workdir=out/refine_demo
+    python -m nd3d_jax.refine_demo --config=configs/refine_demo.py:tiny \\
+        --config.shape.kind=torus --workdir=out/torus
 
-Variants: (none) the paper's SDF MLP (1024/256 wide, 2048 key points, 50 AdamW steps) on a
-64^3 tet grid; `tiny` a narrow MLP on a 32^3 grid for tests and quick looks.
+Argument `variant`: paper (default) the paper's SDF MLP (1024/256 wide, 2048 key points,
+50 AdamW steps) on a 64^3 tet grid; tiny a narrow MLP on a 32^3 grid for tests and quick looks.
 """
 
 import dataclasses
 
 import ml_collections
 
+from nd3d_jax.config_cli import parse_arg
 from nd3d_jax.geometry.refine import RefineSettings
-
-VARIANTS = ("", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or ""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} of refine_demo, use one of {VARIANTS}")
+    variant = parse_arg(arg, variant=("paper", "tiny")).variant
     config = ml_collections.ConfigDict()
+    config.command = "refine_demo"  # the command this config is for (checked by config_cli.run)
     config.seed = 0
 
     # The coarse prior stand-in: an analytic shape with smooth pseudo-random bumps.

@@ -1,4 +1,4 @@
-"""grain input pipeline over a prepared data set: shard, shuffle, normalise, flip, batch.
+"""grain input pipeline over a prepared data set: shard, shuffle, flip, model inputs, batch.
 
     source = data_source(data_dir, "pix3d", split="train")
     it = make_iterator(source, batch_size=8, train=True, seed=0)
@@ -6,24 +6,26 @@
 
 Per process: `ds[process_index::process_count]` (disjoint shards, so every host reads its own
 examples), then a seeded shuffle that changes every epoch; batches are per-process, joined
-across hosts with `jax.make_array_from_process_local_data`. Images are normalised as CLIP
-expects (paper, "Data preprocessing"); training applies a random horizontal flip that mirrors
-the whole example consistently: image, mask, view grid, the shape across x = 0 and the cameras.
+across hosts with `jax.make_array_from_process_local_data`. Images stay uint8 in [0, 255] (the
+model normalises them once, at its edge); training applies a random horizontal flip that
+mirrors the whole example consistently: image, mask, view grid, the shape across x = 0 and the
+cameras. An optional per-example transform (`model_inputs.ModelInputs`: tokenisation, the view
+grid at the model's tile size, tile cameras) runs last, in the worker threads.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+from collections.abc import Callable
 
 import grain
 import numpy as np
 
 from data_pipelines.cameras import flip_c2w
+from nd3d_jax.errors import UserError
 
-# Paper, "Data preprocessing": CLIP's mean and std over [0, 1] pixel values.
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 _X_FIELDS = ("points", "normals", "sdf_points")  # 3-vectors whose x flips with the world
 _STRINGS = ("caption", "category", "shape_id", "key")
 
@@ -45,15 +47,34 @@ def data_source(data_dir: str, dataset: str, split: str = "train", config: str =
     """Random-access source over the ArrayRecord files (decodes one example per index)."""
     import tensorflow_datasets as tfds
 
+    silence_variant_probe()
     builder = tfds.builder_from_directory(dataset_path(data_dir, dataset, config))
     if split not in builder.info.splits:
-        raise ValueError(f"{dataset} has no split {split!r}; it has {list(builder.info.splits)}")
+        splits = ", ".join(builder.info.splits)
+        raise UserError(
+            f"{dataset}/{config} in {data_dir} has no split {split!r} (it has {splits}): "
+            f"set --config.data.split to one of them"
+        )
     return builder.as_data_source(split=split)
 
 
-def normalize_image(image: np.ndarray) -> np.ndarray:
-    """uint8 (..., 3) -> float32 CLIP-normalised: (x / 255 - mean) / std."""
-    return (image.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+class _VariantProbeFilter(logging.Filter):
+    """Drops tfds' "Variant folder ... has no dataset_info.json": `builder.is_prepared()`
+    (`prepare`, before a data set is written) probes the version folder and warns that it is
+    not there yet, which is expected, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Variant folder %s has no")
+
+
+_PROBE_FILTER = _VariantProbeFilter()
+
+
+def silence_variant_probe() -> None:
+    """Installs the filter on absl's logger (which tfds logs through); idempotent."""
+    logger = logging.getLogger("absl")
+    if _PROBE_FILTER not in logger.filters:
+        logger.addFilter(_PROBE_FILTER)
 
 
 def pad_mesh(example: dict, max_faces: int) -> dict:
@@ -94,10 +115,11 @@ def mesh_conv_inputs(example: dict, num_faces: int = 512) -> dict:
 
 
 def to_model_inputs(example: dict, max_faces: int | None = None) -> dict:
-    """Decoded tfds example -> flat float32 arrays (cameras as camera/*, view_cameras/*; the
-    condition mesh padded to `max_faces` when given, else left out)."""
+    """Decoded tfds example -> flat arrays: images uint8, the rest float32 (cameras as
+    camera/*, view_cameras/*; the condition mesh padded to `max_faces` when given, else left
+    out)."""
     out = {
-        "image": normalize_image(example["image"]),
+        "image": np.asarray(example["image"], np.uint8),
         "mask": example["mask"].astype(np.float32),
         "flipped": np.bool_(False),
     }
@@ -111,7 +133,7 @@ def to_model_inputs(example: dict, max_faces: int | None = None) -> dict:
             for key, value in example[group].items():
                 out[f"{group}/{key}"] = np.asarray(value, np.float32)
     if "views" in example:
-        out["views"] = normalize_image(example["views"])
+        out["views"] = np.asarray(example["views"], np.uint8)
     if max_faces is not None and "mesh_faces" in example:
         out.update(pad_mesh(example, max_faces))
     return out
@@ -168,13 +190,16 @@ def make_dataset(
     grid_cols: int = 2,
     max_faces: int | None = None,
     num_sampled_faces: int = 512,
+    model_inputs: Callable[[dict], dict] | None = None,
 ) -> grain.MapDataset:
-    """Sharded, shuffled (train), normalised, flipped (train) and batched MapDataset.
+    """Sharded, shuffled (train), flipped (train) and batched MapDataset.
 
     `shard_index`/`shard_count` default to `jax.process_index()`/`jax.process_count()`.
     Training repeats forever (or `num_epochs`) and drops the last partial batch; evaluation
     reads its shard once, in order, keeping the remainder. With `max_faces`, examples also
     carry the padded condition mesh and MeshConv's `num_sampled_faces` face samples.
+    `model_inputs` (a `model_inputs.ModelInputs`, or any example -> example function) runs
+    last on each example, after the flip.
     """
     if shard_index is None or shard_count is None:
         import jax
@@ -193,6 +218,8 @@ def make_dataset(
         )
         if max_faces is not None:
             ds = ds.map(functools.partial(mesh_conv_inputs, num_faces=num_sampled_faces))
+        if model_inputs is not None:
+            ds = ds.map(model_inputs)
         return ds.batch(batch_size, drop_remainder=False)
     # training: one global shuffled stream, transformed per global index, then each process
     # takes its block of every global batch, so the global batches (and their order, flips
@@ -203,6 +230,8 @@ def make_dataset(
         ds = ds.random_map(RandomFlip(flip_probability, grid_cols))
     if max_faces is not None:
         ds = ds.map(functools.partial(mesh_conv_inputs, num_faces=num_sampled_faces))
+    if model_inputs is not None:
+        ds = ds.map(model_inputs)
     return BlockShard(ds, shard_index, shard_count, batch_size).batch(
         batch_size, drop_remainder=True
     )

@@ -9,7 +9,6 @@ the records as a JSON list.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -20,6 +19,8 @@ import time
 from collections.abc import Callable
 
 import jax
+
+from nd3d_jax.config_cli import ArgumentParser
 
 SUITES = {
     "geometry": "benchmarks.geometry",
@@ -112,7 +113,7 @@ def run_suites(names: list[str], opts: BenchOptions) -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> list[Record]:
-    parser = argparse.ArgumentParser(prog="python -m nd3d_jax.benchmark", description=__doc__)
+    parser = ArgumentParser(prog="python -m nd3d_jax.benchmark", description=__doc__)
     parser.add_argument("names", nargs="+", help=f"suites: {', '.join(sorted(SUITES))}")
     parser.add_argument("--out", help="write the records to this JSON file")
     parser.add_argument("--repeats", type=int, default=5)

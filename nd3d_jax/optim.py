@@ -1,6 +1,6 @@
 """The optimizer from config: AdamW, warm-up + cosine decay, clipping, accumulation, masks, EMA.
 
-    optim.lr, optim.warmup_steps, optim.total_steps, optim.end_lr_fraction
+    optim.lr, optim.warmup_steps, optim.end_lr_fraction (decay ends at train.total_steps)
     optim.b1, optim.b2, optim.eps, optim.weight_decay, optim.clip_norm
     optim.grad_accum_steps (optax.MultiSteps), optim.ema_decay (0 disables the EMA)
 
@@ -15,19 +15,23 @@ import ml_collections
 import optax
 
 
-def learning_rate(c: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warm-up to `lr`, then cosine decay to `lr * end_lr_fraction` at `total_steps`."""
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=c.lr,
         warmup_steps=c.warmup_steps,
-        decay_steps=max(c.total_steps, c.warmup_steps + 1),
+        decay_steps=max(total_steps, c.warmup_steps + 1),
         end_value=c.lr * c.end_lr_fraction,
     )
 
 
-def make_optimizer(c: ml_collections.ConfigDict, trainable_mask) -> optax.GradientTransformation:
-    adamw = optax.adamw(learning_rate(c), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+def make_optimizer(
+    c: ml_collections.ConfigDict, trainable_mask, total_steps: int
+) -> optax.GradientTransformation:
+    adamw = optax.adamw(
+        learning_rate(c, total_steps), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay
+    )
     inner = optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw) if c.clip_norm else adamw
     labels = jax.tree.map(lambda m: "train" if m else "freeze", trainable_mask)
     tx = optax.multi_transform({"train": inner, "freeze": optax.set_to_zero()}, labels)
@@ -36,13 +40,29 @@ def make_optimizer(c: ml_collections.ConfigDict, trainable_mask) -> optax.Gradie
     return tx
 
 
+def trainable(tree, mask):
+    """The subtree of `tree` where `mask` is True (frozen leaves and empty groups dropped)."""
+    if isinstance(mask, dict):
+        out = {k: trainable(tree[k], m) for k, m in mask.items()}
+        return {
+            k: v for k, v in out.items() if v is not None and not (isinstance(v, dict) and not v)
+        }
+    return tree if mask else None
+
+
+def merge(tree, sub):
+    """`tree` with the leaves of `sub` (a `trainable` subtree) put in."""
+    if not isinstance(sub, dict):
+        return sub
+    return {k: merge(v, sub[k]) if k in sub else v for k, v in tree.items()}
+
+
 def ema_update(ema, params, trainable_mask, decay: float):
-    """EMA of the trainable leaves; frozen leaves are the parameters themselves."""
+    """EMA over the trainable leaves only (`ema` is `trainable(params, mask)`)."""
     return jax.tree.map(
-        lambda e, p, m: (decay * e + (1.0 - decay) * p).astype(p.dtype) if m else p,
+        lambda e, p: (decay * e + (1.0 - decay) * p).astype(p.dtype),
         ema,
-        params,
-        trainable_mask,
+        trainable(params, trainable_mask),
     )
 
 

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nd3d_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the leading batch axis spans the whole mesh
 
@@ -38,16 +40,21 @@ DEFAULT_RULES = (
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence | None = None) -> Mesh:
-    """A ('data', 'fsdp') mesh over all devices; -1 takes what the other axis leaves."""
+    """The ('data', 'fsdp') mesh of the trainer and the refinement (`jax.make_mesh`, auto
+    axes: shardings propagate as in GSPMD); -1 takes what the other axis leaves."""
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
     if data == -1:
         data = n // fsdp
     if fsdp == -1:
         fsdp = n // data
-    if data * fsdp != n:
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} does not match {n} devices")
-    return Mesh(np.asarray(devices).reshape(data, fsdp), MESH_AXES)
+    if data * fsdp != n or data < 1 or fsdp < 1:
+        raise UserError(
+            f"mesh data={data} x fsdp={fsdp} does not match {n} devices "
+            "(set --config.mesh.data / --config.mesh.fsdp / --config.mesh.num_devices)"
+        )
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh((data, fsdp), MESH_AXES, auto, devices=devices)
 
 
 def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
@@ -60,8 +67,9 @@ def _fit(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSp
     return PartitionSpec(*out)
 
 
-def param_shardings(boxed_abstract, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for an (abstract) boxed parameter tree with logical axis names."""
+def tree_shardings(boxed_abstract, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for an (abstract) tree whose leaves carry logical axis names (boxed
+    parameters, or an optimizer state initialised on them); unnamed leaves replicate."""
     specs = nn.get_partition_spec(boxed_abstract)
     mesh_specs = nn.logical_to_mesh(specs, rules)
     shapes = nn.unbox(boxed_abstract)
@@ -71,6 +79,9 @@ def param_shardings(boxed_abstract, mesh: Mesh, rules=DEFAULT_RULES):
         return NamedSharding(mesh, _fit(spec, tuple(leaf.shape), mesh))
 
     return jax.tree.map(one, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+param_shardings = tree_shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

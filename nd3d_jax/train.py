@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -20,11 +21,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from nd3d_jax import optim, sharding
+from nd3d_jax import optim, sharding, train_state
 from nd3d_jax.checkpoint import Checkpointer, abstract_like
+from nd3d_jax.errors import UserError
 from nd3d_jax.stages import get_stage
 
 LOG = logging.getLogger("nd3d_jax.train")
+PREVIEW_TILE = 128  # preview pixels per view, at least
 
 # Dense bf16 peak FLOP/s per device, for MFU.
 PEAK_FLOPS = {
@@ -64,69 +67,6 @@ def initialize_distributed(d: ml_collections.ConfigDict) -> None:
             process_id=d.process_id,
         )
     jax.distributed.initialize(**kwargs)
-
-
-# ------------------------------------------------------------------------------------ input
-def input_pipeline(config: ml_collections.ConfigDict, workdir: str):
-    """(grain iterator over this process's shard, tokenizer); synthetic data is generated
-    and prepared into `data.cache_dir` on first use."""
-    from data_pipelines.loader import data_source, dataset_path, make_iterator
-    from nd3d_jax.weights import CLIPTokenizer
-
-    d = config.data
-    data_dir = d.data_dir
-    if d.synthetic_objects:
-        data_dir = _synthetic(d, os.path.expanduser(d.cache_dir or os.path.join(workdir, "data")))
-    if not data_dir or not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"data.data_dir {data_dir!r} does not exist; run data_pipelines.prepare"
-        )
-    try:
-        dataset_path(data_dir, d.dataset, d.config_name)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{data_dir}: no prepared {d.dataset}/{d.config_name} ({e})") from e
-    source = data_source(data_dir, d.dataset, d.split, d.config_name)
-    if len(source) == 0:
-        raise ValueError(f"{d.dataset} split {d.split!r} in {data_dir} is empty")
-    per_process = d.batch_size // jax.process_count()
-    if per_process * jax.process_count() != d.batch_size:
-        raise ValueError(
-            f"batch_size {d.batch_size} not divisible by {jax.process_count()} processes"
-        )
-    it = make_iterator(
-        source,
-        batch_size=per_process,
-        train=True,
-        seed=config.seed,
-        num_threads=d.num_threads,
-        max_faces=d.max_faces,
-        num_sampled_faces=config.model.num_sampled_faces,
-    )
-    m = config.model
-    tok_path = m.tokenizer_path or m.clip.path
-    if not tok_path:
-        from nd3d_jax.weights.tiny_tokenizer import write_tiny_tokenizer
-
-        tok_path = os.path.join(data_dir, "tiny_tokenizer")
-        if not os.path.isdir(tok_path):
-            write_tiny_tokenizer(tok_path)
-    return it, CLIPTokenizer(tok_path, max_length=m.text_length)
-
-
-def _synthetic(d, cache: str) -> str:
-    from data_pipelines.prepare import prepare
-    from data_pipelines.synthetic.__main__ import main as write_synthetic
-
-    manual = os.path.join(cache, f"{d.dataset}_{d.synthetic_objects}")
-    data_dir = os.path.join(cache, "tfds")
-    if not os.path.isdir(manual):
-        LOG.info("writing a synthetic %s data set to %s", d.dataset, manual)
-        write_synthetic(
-            [f"--layout={d.dataset}", f"--out={manual}", f"--num_objects={d.synthetic_objects}"]
-        )
-    if not os.path.isdir(os.path.join(data_dir, d.dataset, d.config_name)):
-        prepare(d.dataset, manual, data_dir, config=d.config_name, log=LOG.info)
-    return data_dir
 
 
 # ------------------------------------------------------------------------------------ step
@@ -176,126 +116,155 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     initialize_distributed(config.distributed)
     os.makedirs(workdir, exist_ok=True)
     log = LOG.info
+    t = config.train
     stage = get_stage(config)  # config errors surface here, before any data or compile
 
-    # mesh --------------------------------------------------------------------------
+    # mesh ----------------------------------------------------------------------------
     devices = jax.devices()[: config.mesh.num_devices or None]
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
     rules = tuple(tuple(r) for r in config.mesh.rules) or sharding.DEFAULT_RULES
-    log(
-        "mesh %s over %d devices (%d processes)",
-        dict(mesh.shape),
-        jax.device_count(),
-        jax.process_count(),
-    )
-
+    log("mesh %s over %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+        jax.process_count())  # fmt: skip
     if config.data.batch_size % mesh.size:
-        raise ValueError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the {mesh.size} devices "
-            "of the mesh (set mesh.num_devices or the batch size)"
+        raise UserError(
+            f"data.batch_size {config.data.batch_size} is not divisible by the {mesh.size} "
+            "devices of the mesh (set --config.data.batch_size or --config.mesh.num_devices)"
         )
 
-    # input pipeline ----------------------------------------------------------------
-    it, tokenizer = input_pipeline(config, workdir)
-
-    # model and state -----------------------------------------------------------------
-    state, state_sh, tx, mask, schedule = setup_state(config, stage, mesh, rules, log)
-
-    # checkpoint --------------------------------------------------------------------
-    t = config.train
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), t.checkpoint_every, t.keep_checkpoints
-    )
-    if (latest := ckpt.latest_step()) is not None:
-        state = ckpt.restore(latest, abstract_like(state, state_sh), it)
-        log("resumed from step %d", latest)
-
-    # compile -----------------------------------------------------------------------
-    first = stage.host_batch(next(it), tokenizer)
-    step_fn = make_train_step(stage, tx, mask, config.optim.ema_decay, schedule)
-    compiled = compile_step(step_fn, state, state_sh, first, mesh, config.data.batch_size, log)
-    flops_per_step = stage.train_flops_per_example() * config.data.batch_size
-    peak = peak_flops(jax.devices()[0])
-
-    # loop --------------------------------------------------------------------------
-    stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
-    writer = _writer(workdir)
-    preview_batch = first
-    step = int(state["step"])
-    pending = first
-    last = {}
-    timer, timer_step = time.perf_counter(), step
-    from tqdm import tqdm
-
-    bar = tqdm(total=t.total_steps, initial=step, desc="train", disable=jax.process_index() != 0)
-    try:
-        while step < t.total_steps:
-            batch = sharding.global_batch(pending, mesh)
-            state, metrics = compiled(state, batch)
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step == t.total_steps:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                elapsed = time.perf_counter() - timer
-                rate = (step - timer_step) / max(elapsed, 1e-9)
-                last.update(steps_per_s=rate, examples_per_s=rate * config.data.batch_size)
-                if peak:
-                    last["mfu"] = flops_per_step * rate / (peak * jax.device_count())
-                timer, timer_step = time.perf_counter(), step
-                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['learning_rate']:.2e}")
-                writer.write_scalars(step, last)
-                if last["skipped"] > 0:
-                    log("step %d: %d non-finite steps skipped so far", step, int(last["skipped"]))
-            if t.preview_every and (step % t.preview_every == 0 or step == t.total_steps):
-                _preview(stage, state, preview_batch, mesh, workdir, step, writer, config)
-            # the iterator has yielded exactly the batches of steps 1..step here: checkpoint
-            # before fetching the next one (the fetch still overlaps the next step's compute)
-            ckpt.save(step, state, it)
-            if stop["signal"] is not None:
-                log("SIGTERM at step %d: saving a checkpoint and stopping", step)
-                ckpt.save(step, state, it, force=True)
-                break
-            if step < t.total_steps:
-                pending = stage.host_batch(next(it), tokenizer)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        bar.close()
+    # a finished run returns at once ----------------------------------------------------
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.checkpoint_every,
+                        t.keep_checkpoints)  # fmt: skip
+    latest = ckpt.latest_step()
+    if latest is not None and latest >= t.total_steps and _finished(workdir):
         ckpt.close()
-        writer.flush()
-    if step >= t.total_steps:
-        _save_final(state, workdir)
+        log("%s already finished at step %d (train.total_steps=%d): nothing to do", workdir,
+            latest, t.total_steps)  # fmt: skip
+        with open(os.path.join(workdir, "metrics.json")) as f:
+            return json.load(f)
+
+    with jax.set_mesh(mesh):
+        # input pipeline ------------------------------------------------------------------
+        from data_pipelines.input_pipeline import train_iterator
+
+        it = train_iterator(config, workdir)
+
+        # model and state (sharded init) --------------------------------------------------
+        ts = train_state.create(stage, config, mesh, rules, log)
+        state = ts.state
+        if latest is not None:
+            state = ckpt.restore(latest, abstract_like(state, ts.shardings), it)
+            log("resumed from step %d", latest)
+
+        # compile -------------------------------------------------------------------------
+        first = _next_batch(it)
+        step_fn = make_train_step(stage, ts.tx, ts.mask, config.optim.ema_decay, ts.schedule)
+        compiled = compile_step(step_fn, state, ts.shardings, first, mesh,
+                                config.data.batch_size, log)  # fmt: skip
+        preview = _previewer(stage, config, mesh) if t.preview_every else None
+        flops_per_step = stage.train_flops_per_example() * config.data.batch_size
+        peak = peak_flops(jax.devices()[0])
+
+        # loop ----------------------------------------------------------------------------
+        stop = {"signal": None}
+        previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
+        writer = _writer(workdir)
+        step = int(state["step"])
+        pending, preview_batch, last = first, first, {}
+        timer, timer_step = time.perf_counter(), step
+        bar = _progress(t.total_steps, step)
+        try:
+            while step < t.total_steps:
+                batch = sharding.global_batch(pending, mesh)
+                state, metrics = compiled(state, batch)
+                step += 1
+                bar.update(1)
+                if step % t.log_every == 0 or step == t.total_steps:
+                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    rate = (step - timer_step) / max(time.perf_counter() - timer, 1e-9)
+                    last.update(steps_per_s=rate, examples_per_s=rate * config.data.batch_size)
+                    if peak:
+                        last["mfu"] = flops_per_step * rate / (peak * jax.device_count())
+                    timer, timer_step = time.perf_counter(), step
+                    bar.set_postfix_str(_postfix(last), refresh=False)
+                    writer.write_scalars(step, last)
+                    if not bar.interactive:
+                        log("step %d/%d %s", step, t.total_steps, _postfix(last))
+                    if last["skipped"] > 0:
+                        log("step %d: %d non-finite steps skipped so far", step,
+                            int(last["skipped"]))  # fmt: skip
+                if preview and (step % t.preview_every == 0 or step == t.total_steps):
+                    preview(state, preview_batch, workdir, step, writer)
+                # the iterator has yielded exactly the batches of steps 1..step here:
+                # checkpoint before fetching the next one (the fetch overlaps the next step)
+                ckpt.save(step, state, it)
+                if stop["signal"] is not None:
+                    log("SIGTERM at step %d: saving a checkpoint and stopping", step)
+                    ckpt.save(step, state, it, force=True)
+                    break
+                if step < t.total_steps:
+                    pending = _next_batch(it)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            bar.close()
+            ckpt.close()
+            writer.flush()
+        if step >= t.total_steps:
+            _save_final(state, ts.mask, workdir)
+    result = {"step": step, **last}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
-            json.dump({"step": step, **last}, f, indent=1)
-    return {"step": step, **last}
+            json.dump(result, f, indent=1)
+    return result
 
 
-def setup_state(config, stage, mesh, rules, log=LOG.info):
-    """Initialised (and pretrained-loaded) train state on the mesh, with its shardings, the
-    optimizer, the trainable mask and the learning-rate schedule."""
-    p_shardings = sharding.param_shardings(stage.abstract_params(), mesh, rules)
-    params = stage.init_params(jax.random.PRNGKey(config.seed))
-    params = jax.device_put(params, p_shardings)
-    mask = stage.trainable_mask(params)
-    for name, (n_train, n_frozen) in stage.parameter_groups(params, mask).items():
-        log("params %-34s trainable %12s frozen %12s", name, f"{n_train:,}", f"{n_frozen:,}")
-    total_train, total = optim.count(params, mask), optim.count(params)
-    log("params total %s (trainable %s)", f"{total:,}", f"{total_train:,}")
-    tx = optim.make_optimizer(config.optim, mask)
-    schedule = optim.learning_rate(config.optim)
-    opt_state = jax.jit(tx.init)(params)  # moments take their parameters' shardings
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "opt_state": opt_state,
-        "rng": jax.random.PRNGKey(config.seed + 1),
-        "skipped": jnp.zeros((), jnp.int32),
-    }
-    if config.optim.ema_decay > 0:
-        state["ema"] = jax.tree.map(jnp.copy, params)
-    state = jax.device_put(state, _state_shardings(state, mesh))
-    return state, jax.tree.map(lambda x: x.sharding, state), tx, mask, schedule
+def _next_batch(it) -> dict:
+    """The next host batch (a seam for the preemption tests)."""
+    return next(it)
+
+
+def _finished(workdir: str) -> bool:
+    return all(
+        os.path.exists(os.path.join(workdir, name)) for name in ("params_final", "metrics.json")
+    )
+
+
+def _postfix(m: dict) -> str:
+    """The progress bar's fields: loss, l2 norms, learning rate, throughput, MFU."""
+    parts = [f"loss={m['loss']:.4f}", f"lr={m['learning_rate']:.2e}",
+             f"|g|={m['l2_grads']:.3g}", f"|p|={m['l2_params']:.4g}", f"|u|={m['l2_updates']:.3g}",
+             f"{m['steps_per_s']:.2f} steps/s", f"{m['examples_per_s']:.1f} ex/s"]  # fmt: skip
+    if "mfu" in m:
+        parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    return " ".join(parts)
+
+
+class _Progress:
+    """tqdm on an interactive stderr (process 0); otherwise nothing (log lines instead), so
+    logs written to files hold no escape codes."""
+
+    def __init__(self, total: int, initial: int):
+        self.interactive = sys.stderr.isatty() and jax.process_index() == 0
+        self.bar = None
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+
+    def update(self, n: int) -> None:
+        if self.bar:
+            self.bar.update(n)
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        if self.bar:
+            self.bar.set_postfix_str(s, refresh=refresh)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+def _progress(total: int, initial: int) -> _Progress:
+    return _Progress(total, initial)
 
 
 def compile_step(step_fn, state, state_sh, host_batch, mesh, global_batch, log=LOG.info):
@@ -324,26 +293,12 @@ def compile_step(step_fn, state, state_sh, host_batch, mesh, global_batch, log=L
     return compiled
 
 
-def _state_shardings(state, mesh):
-    """Parameters keep theirs (FSDP); optimizer moments take their parameter's by shape;
-    scalars replicate."""
-    by_shape = {}
-    for leaf in jax.tree.leaves(state["params"]):
-        by_shape.setdefault((leaf.shape, leaf.dtype), leaf.sharding)
-
-    def pick(x):
-        s = getattr(x, "sharding", None)
-        if isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh:
-            return s
-        return by_shape.get((x.shape, x.dtype), sharding.replicated(mesh))
-
-    return jax.tree.map(pick, state)
-
-
-def _save_final(state, workdir: str) -> None:
+def _save_final(state, mask, workdir: str) -> None:
     import orbax.checkpoint as ocp
 
-    params = state.get("ema", state["params"])
+    params = state["params"]
+    if "ema" in state:  # the EMA of the trainable leaves, the frozen ones as they are
+        params = optim.merge(params, state["ema"])
     path = os.path.join(os.path.abspath(workdir), "params_final")
     if os.path.exists(path):
         import shutil
@@ -354,31 +309,42 @@ def _save_final(state, workdir: str) -> None:
     LOG.info("wrote %s", path)
 
 
-def _preview(stage, state, host_batch, mesh, workdir, step, writer, config) -> None:
+def _previewer(stage, config, mesh):
+    """The preview function: the guided sampler jitted once, then a PNG per call (per row: the
+    target grid, a sample, the rendered normal-map condition), upscaled to >= 128 px a view."""
     from PIL import Image
 
-    n = min(config.train.preview_examples, len(host_batch["image"]))
-    small = {k: v[:n] for k, v in host_batch.items()}
-    if jax.process_count() > 1:  # every process samples process 0's examples
-        from jax.experimental import multihost_utils
-
-        small = multihost_utils.broadcast_one_to_all(small)
-    params = state.get("ema", state["params"])
-    fn = jax.jit(
-        lambda p, b, k: stage.sample(p, b, k, config.train.preview_steps, config.train.guidance),
+    n = config.train.preview_examples
+    sample = jax.jit(
+        lambda p, b, k: stage.sample(p, b, k, config.sample),
         out_shardings=sharding.replicated(mesh),
     )
-    out = jax.device_get(fn(params, small, jax.random.PRNGKey(step)))
-    rows = [
-        np.concatenate([out["target"][i], out["sample"][i], out["normals"][i]], axis=1)
-        for i in range(n)
-    ]
-    image = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
-    os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
-    path = os.path.join(workdir, "previews", f"step_{step:06d}.png")
-    if jax.process_index() == 0:
-        Image.fromarray(image).save(path)
-    writer.write_images(step, {"preview": image[None]})
+    tile = config.model.tile_size
+    zoom = max(1, -(-PREVIEW_TILE // tile))
+
+    def preview(state, host_batch, workdir, step, writer) -> None:
+        small = {k: v[:n] for k, v in host_batch.items()}
+        if jax.process_count() > 1:  # every process samples process 0's examples
+            from jax.experimental import multihost_utils
+
+            small = multihost_utils.broadcast_one_to_all(small)
+        params = state["params"]
+        if "ema" in state:
+            params = optim.merge(params, state["ema"])
+        out = jax.device_get(sample(params, small, jax.random.PRNGKey(step)))
+        rows = [
+            np.concatenate([out["target"][i], out["sample"][i], out["normals"][i]], axis=1)
+            for i in range(len(out["sample"]))
+        ]
+        image = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+        image = image.repeat(zoom, axis=0).repeat(zoom, axis=1)
+        path = os.path.join(workdir, "previews", f"step_{step:06d}.png")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(image).save(path)
+        writer.write_images(step, {"preview": image[None]})
+
+    return preview
 
 
 class _Writer:
@@ -420,10 +386,7 @@ def _writer(workdir: str):
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> None:
-    # ours at INFO; orbax, grain and tfds (chatty at INFO) at WARNING
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("nd3d_jax").setLevel(logging.INFO)
-    logging.getLogger("data_pipelines").setLevel(logging.INFO)
+    """Trains the config's stage in WORKDIR (resuming from its latest checkpoint)."""
     train(config, workdir)
 
 

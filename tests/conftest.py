@@ -1,4 +1,9 @@
-"""Tests run on CPU with 8 simulated devices, so sharded code paths are exercised."""
+"""Tests run on CPU with 8 simulated devices, so sharded code paths are exercised.
+
+Compiled programs go to a persistent XLA cache shared by every test process (the trainer's
+subprocess tests included, through the environment), so the same tiny model is compiled once
+per run, not once per test; `ND3D_TEST_CACHE` moves it (default ~/.cache/nd3d_jax/xla-tests).
+"""
 
 import os
 
@@ -6,6 +11,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+_CACHE = os.environ.get("ND3D_TEST_CACHE", os.path.expanduser("~/.cache/nd3d_jax/xla-tests"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 

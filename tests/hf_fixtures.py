@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-TINY_CLIP = dict(
-    text_config=dict(
-        vocab_size=520,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        eos_token_id=519,
-        bos_token_id=518,
-        pad_token_id=519,
-    ),
-    vision_config=dict(
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-    ),
+from configs import presets
+
+# every width distinct (a transposed or swapped weight fails the parity tests) and one text
+# layer more than the semantic encoder reuses
+TINY_CLIP = presets.derive(
+    presets.TINY_CLIP,
+    text_config=dict(num_hidden_layers=5),
+    vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3),
     projection_dim=24,
 )
 
@@ -40,7 +28,7 @@ def randomize_norms(model, seed: int = 0) -> None:
 
 
 def save_tiny_tokenizer(folder) -> None:
-    """A byte-level BPE CLIP tokenizer with 520 tokens (518 = start, 519 = end of text)."""
+    """The tiny CLIP tokenizer (`nd3d_jax.weights.tiny_tokenizer`: its VOCAB_SIZE, BOS, EOS)."""
     from nd3d_jax.weights.tiny_tokenizer import write_tiny_tokenizer
 
     write_tiny_tokenizer(folder)
@@ -67,9 +55,7 @@ def tiny_clip(tmp_path_factory):
     return folder, make_clip_folder(folder)
 
 
-TINY_RESNET = dict(
-    embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[2, 2, 2, 2], layer_type="basic"
-)
+TINY_RESNET = presets.TINY_RESNET18
 
 
 def make_resnet_folder(folder, config: dict = TINY_RESNET, seed: int = 0):
@@ -94,3 +80,19 @@ def make_resnet_folder(folder, config: dict = TINY_RESNET, seed: int = 0):
 def tiny_resnet(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_resnet")
     return folder, make_resnet_folder(folder)
+
+
+def make_diffusers_folder(folder, cls_name: str, config: dict, seed: int = 0):
+    """Saves a random diffusers model (`UNet2DConditionModel`, `AutoencoderKL`, `T2IAdapter`)
+    with every weight perturbed (diffusers zero-inits some convs); returns it (eval mode)."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(seed)
+    model = getattr(diffusers, cls_name)(**config).eval()
+    randomize_norms(model, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.save_pretrained(str(folder))
+    return model

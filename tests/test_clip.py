@@ -15,7 +15,7 @@ from hf_fixtures import make_clip_folder
 from safetensors.numpy import load_file, save_file
 
 from nd3d_jax.models.clip import eos_positions
-from nd3d_jax.weights import CLIPTokenizer, WeightImportError, load_clip
+from nd3d_jax.weights import CLIPTokenizer, WeightImportError, load_clip, tiny_tokenizer
 from nd3d_jax.weights.convert import main as convert_main
 
 TOL = 1e-4
@@ -129,8 +129,9 @@ def test_converted_checkpoint_loads_the_same(tiny_clip, tmp_path, capsys):
     for a, b in zip(flat_a, flat_b, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     CLIPTokenizer(str(out))  # the tokenizer files travel with the checkpoint
-    with pytest.raises(SystemExit, match="exists"):
+    with pytest.raises(SystemExit) as exit_info:
         convert_main([str(folder), str(out)])
+    assert exit_info.value.code == 2 and "exists" in capsys.readouterr().err
 
 
 def _copy_with(folder, dst, edit):
@@ -190,6 +191,6 @@ def test_bad_inputs(tiny_clip, caplog):
     warnings = [r for r in caplog.records if "truncated" in r.getMessage()]
     assert len(warnings) == 1
     assert long["input_ids"].shape == (2, 8) and long["input_ids"].dtype == np.int32
-    assert long["input_ids"][0, -1] == 519  # truncation keeps the end-of-text token
+    assert long["input_ids"][0, -1] == tiny_tokenizer.EOS  # truncation keeps end-of-text
     with pytest.raises(WeightImportError, match="tokenizer folder not found"):
         CLIPTokenizer(str(folder / "missing"))

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from configs import presets
 from nd3d_jax import diffusion as d
 from nd3d_jax.models.t2i_adapter import T2IAdapter, T2IAdapterConfig
 from nd3d_jax.models.unet import UNet, UNetConfig
@@ -28,18 +29,10 @@ def _grids(n=4, size=8):
 
 
 def test_tiny_unet_with_adapter_overfits():
-    unet = UNet(
-        UNetConfig(
-            block_out_channels=(16, 32),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            layers_per_block=1,
-            attention_head_dim=2,
-            cross_attention_dim=8,
-            norm_num_groups=4,
-        )
+    unet = UNet(UNetConfig(**presets.derive(presets.TINY_UNET, cross_attention_dim=8)))
+    adapter = T2IAdapter(
+        T2IAdapterConfig(**presets.derive(presets.TINY_ADAPTER, downscale_factor=8))
     )
-    adapter = T2IAdapter(T2IAdapterConfig(in_channels=6, channels=(16, 32), num_res_blocks=1))
     x0, cond = _grids()
     ctx = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 8))
     schedule = d.make_schedule(d.ScheduleConfig(num_train_timesteps=100))

@@ -7,7 +7,7 @@ from PIL import Image
 
 from nd3d_jax.config_cli import load_config
 from nd3d_jax.geometry.mesh_ops import load_mesh
-from nd3d_jax.refine import run
+from nd3d_jax.refine_demo import run
 
 
 def test_demo_tiny_end_to_end(tmp_path):
@@ -31,7 +31,7 @@ def test_demo_cli_rejects_unknown_keys(tmp_path):
         [
             sys.executable,
             "-m",
-            "nd3d_jax.refine",
+            "nd3d_jax.refine_demo",
             "--config=configs/refine_demo.py:tiny",
             "--config.refine.stpes=3",
             f"--workdir={tmp_path}",

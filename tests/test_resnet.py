@@ -19,6 +19,7 @@ import transformers
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from configs import presets
 from nd3d_jax.models.resnet import (
     FROZEN_LAYERS,
     ResNet,
@@ -30,8 +31,9 @@ from nd3d_jax.models.resnet import (
 from nd3d_jax.weights.io import WeightImportError
 from nd3d_jax.weights.resnet import load_resnet, resnet_rename
 
-TINY = dict(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[2, 2, 2, 2])
-RESNET18 = dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2])
+# the sizes only: each test picks the block type (transformers' default is bottleneck)
+TINY = {k: v for k, v in presets.TINY_RESNET18.items() if k != "layer_type"}
+RESNET18 = {k: v for k, v in presets.RESNET_18.items() if k != "layer_type"}
 TOL = 1e-4
 
 

@@ -13,7 +13,7 @@ from nd3d_jax.models.semantic_encoder import (
     SemanticEncoderConfig,
     init_from_clip,
 )
-from nd3d_jax.weights import CLIPTokenizer, load_clip
+from nd3d_jax.weights import CLIPTokenizer, load_clip, tiny_tokenizer
 
 
 def test_paper_dimensions():
@@ -81,7 +81,7 @@ def test_hidden_states_match_clip_and_output_is_layernormed(encoder):
     # by hand from the pooled end-of-text state
     last = states[-1]
     ln = params["final_layer_norm"]
-    eos = np.argmax(inputs["input_ids"] == 519, axis=-1)
+    eos = np.argmax(inputs["input_ids"] == tiny_tokenizer.EOS, axis=-1)
     x = np.asarray(last)[np.arange(2), eos]
     x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
     x = x * np.asarray(ln["scale"]) + np.asarray(ln["bias"])

@@ -1,27 +1,36 @@
-"""The trainer end to end on the tiny demo config: files, resume, parallelism, SIGTERM, errors."""
+"""The trainer end to end on the tiny demo config: files, resume, parallelism, signals, errors.
+
+Every run here uses the same model, optimizer and schedule (`demo.py:tiny`, 6 steps), so the
+persistent compilation cache (tests/conftest.py) compiles each mesh's programs once: the
+8-device data-parallel mesh, the 2 x 4 (data, fsdp) mesh and the two-process mesh.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from test_sharded_init import assert_optimizer_follows_params
 
 from nd3d_jax import train as train_lib
 from nd3d_jax.config_cli import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
 
 
 def _config(prepared, **overrides):
-    c = load_config(os.path.join(ROOT, "configs/demo.py:tiny"))
+    c = load_config(os.path.join(ROOT, "configs/demo.py:variant=tiny"))
     c.data.synthetic_objects = 0
     c.data.data_dir = prepared["data_dir"]
     c.data.num_threads = 1
-    c.optim.total_steps = 6
-    c.train.total_steps = 3
+    c.train.total_steps = STEPS
     c.train.checkpoint_every = 3
     for key, value in overrides.items():
         node = c
@@ -30,6 +39,15 @@ def _config(prepared, **overrides):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def _cli(prepared, workdir, *extra):
+    return [
+        sys.executable, "-m", "nd3d_jax.train", "--config=configs/demo.py:variant=tiny",
+        f"--workdir={workdir}", "--config.data.synthetic_objects=0",
+        f"--config.data.data_dir={prepared['data_dir']}", "--config.data.num_threads=1",
+        f"--config.train.total_steps={STEPS}", *extra,
+    ]  # fmt: skip
 
 
 def _final(workdir):
@@ -48,21 +66,45 @@ def _assert_trees(a, b, **tol):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _stop_at(monkeypatch, fetch: int):
+    """SIGTERM while the trainer fetches its `fetch`-th batch (a preemption)."""
+    calls = {"n": 0}
+    original = train_lib._next_batch
+
+    def next_batch(it):
+        calls["n"] += 1
+        if calls["n"] == fetch:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(it)
+
+    monkeypatch.setattr(train_lib, "_next_batch", next_batch)
+
+
 @pytest.fixture(scope="module")
 def reference(prepared, tmp_path_factory):
     """6 uninterrupted steps on 8 data-parallel devices."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    metrics = train_lib.train(_config(prepared, **{"train.total_steps": 6}), workdir)
+    metrics = train_lib.train(_config(prepared), workdir)
+    return workdir, metrics
+
+
+@pytest.fixture(scope="module")
+def stopped(prepared, tmp_path_factory):
+    """A run preempted by SIGTERM at step 3: the step in flight finishes and is saved."""
+    workdir = str(tmp_path_factory.mktemp("stopped"))
+    with pytest.MonkeyPatch.context() as mp:
+        _stop_at(mp, 3)  # while fetching step 3's batch
+        metrics = train_lib.train(_config(prepared, **{"train.checkpoint_every": 50}), workdir)
     return workdir, metrics
 
 
 def test_run_writes_checkpoints_logs_and_final_params(reference):
     workdir, metrics = reference
-    assert metrics["step"] == 6 and np.isfinite(metrics["loss"]) and metrics["skipped"] == 0
+    assert metrics["step"] == STEPS and np.isfinite(metrics["loss"]) and metrics["skipped"] == 0
     assert {"l2_grads", "l2_params", "l2_updates", "learning_rate", "examples_per_s"} <= set(
         metrics
     )
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "6"
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == str(STEPS)
     assert any(
         f.startswith("events.out.tfevents")
         for f in os.listdir(os.path.join(workdir, "tensorboard"))
@@ -71,71 +113,64 @@ def test_run_writes_checkpoints_logs_and_final_params(reference):
     assert set(params) == {"conditioning", "unet", "adapter"}
 
 
-def test_resume_after_a_stop_is_bit_identical(prepared, reference, tmp_path):
-    workdir = str(tmp_path)
-    first = train_lib.train(_config(prepared), workdir)  # ends at step 3 (checkpoint 3)
-    assert first["step"] == 3
-    second = train_lib.train(_config(prepared, **{"train.total_steps": 6}), workdir)
-    assert second["step"] == 6
-    _assert_trees(_final(workdir), _final(reference[0]))
+def test_sigterm_saves_stops_and_resumes_bit_identically(prepared, reference, stopped, tmp_path):
+    assert stopped[1]["step"] == 3
+    assert os.listdir(os.path.join(stopped[0], "checkpoints")) == ["3"]
+    assert not os.path.exists(os.path.join(stopped[0], "params_final"))
+    workdir = str(tmp_path / "resumed")
+    shutil.copytree(stopped[0], workdir)
+    assert train_lib.train(_config(prepared), workdir)["step"] == STEPS
+    _assert_trees(_final(workdir), _final(reference[0]))  # the data stream resumed exactly
 
 
-def test_data_parallel_and_fsdp_match_one_device(prepared, tmp_path):
-    runs = {}
-    for name, mesh in {"one": (1, 1, 1), "fsdp": (2, 4, 8)}.items():
-        data, fsdp, n = mesh
-        c = _config(prepared, **{"mesh.data": data, "mesh.fsdp": fsdp, "mesh.num_devices": n})
-        runs[name] = train_lib.train(c, str(tmp_path / name))
-    np.testing.assert_allclose(runs["one"]["loss"], runs["fsdp"]["loss"], rtol=1e-5)
-    _assert_trees(
-        _final(str(tmp_path / "one")), _final(str(tmp_path / "fsdp")), rtol=1e-5, atol=1e-5
-    )
+def test_resume_onto_another_mesh(prepared, reference, stopped, tmp_path):
+    """Checkpoint written on 8 data-parallel devices, resumed on a 2 x 4 (data, fsdp) mesh."""
+    workdir = str(tmp_path / "fsdp")
+    shutil.copytree(stopped[0], workdir)
+    metrics = train_lib.train(_config(prepared, **{"mesh.data": 2, "mesh.fsdp": 4}), workdir)
+    assert metrics["step"] == STEPS
+    _assert_trees(_final(workdir), _final(reference[0]), rtol=1e-5, atol=1e-5)
 
 
-def test_fsdp_parameter_shardings(prepared):
-    from nd3d_jax import sharding
+def test_fsdp_matches_data_parallel(prepared, reference, tmp_path):
+    metrics = train_lib.train(_config(prepared, **{"mesh.data": 2, "mesh.fsdp": 4}), str(tmp_path))
+    np.testing.assert_allclose(metrics["loss"], reference[1]["loss"], rtol=1e-5)
+    _assert_trees(_final(str(tmp_path)), _final(reference[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_fsdp_parameter_and_optimizer_shardings(prepared):
+    from nd3d_jax import sharding, train_state
     from nd3d_jax.stages import get_stage
 
-    c = _config(prepared)
-    stage = get_stage(c)
+    c = _config(prepared, **{"optim.ema_decay": 0.99})
     mesh = sharding.make_mesh(2, 4)
-    shardings = sharding.param_shardings(stage.abstract_params(), mesh)
-    conv = shardings["unet"]["conv_in"]["kernel"].spec  # (3, 3, 3, 16): conv_out over fsdp
-    assert tuple(conv) == (None, None, None, "fsdp")
-    dense = shardings["conditioning"]["prior_alignment"]["fc"]["kernel"].spec  # (prior, embed)
-    assert tuple(dense) == (None, "fsdp")
-    odd = shardings["unet"]["conv_out"]["kernel"].spec  # 3 output channels: replicated
-    assert tuple(odd) == (None, None, None, None)
+    _, sh, _, mask, _ = train_state.abstract_state(get_stage(c), c, mesh, sharding.DEFAULT_RULES)
+    p = sh["params"]
+    assert tuple(p["unet"]["conv_in"]["kernel"].spec) == (None, None, None, "fsdp")
+    assert tuple(p["conditioning"]["prior_alignment"]["fc"]["kernel"].spec) == (None, "fsdp")
+    assert tuple(p["unet"]["conv_out"]["kernel"].spec) == (None, None, None, None)  # 3 outputs
+    assert_optimizer_follows_params(sh, mask)
+    # the EMA holds the trainable leaves only (CLIP and the frozen ResNet layers are not copied)
+    assert "clip" not in sh["ema"]["conditioning"]
+    n_ema, n_trainable = len(jax.tree.leaves(sh["ema"])), sum(jax.tree.leaves(mask))
+    assert n_ema == n_trainable < len(jax.tree.leaves(p))
 
 
-def test_sigterm_saves_stops_and_resumes_exactly(prepared, reference, tmp_path, monkeypatch):
-    from nd3d_jax.stages import neurodiff3d
+def test_finished_run_returns_without_compiling(prepared, reference, monkeypatch):
+    def no_compile(*a, **k):
+        raise AssertionError("a finished run compiled")
 
-    calls = {"n": 0}
-    original = neurodiff3d.NeuroDiff3D.host_batch
-
-    def host_batch(self, batch, tokenizer):
-        calls["n"] += 1
-        if calls["n"] == 3:  # while fetching step 3's batch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch, tokenizer)
-
-    monkeypatch.setattr(neurodiff3d.NeuroDiff3D, "host_batch", host_batch)
-    c = _config(prepared, **{"train.total_steps": 100, "train.checkpoint_every": 50})
-    metrics = train_lib.train(c, str(tmp_path))
-    assert metrics["step"] == 3  # the step in flight finishes, is saved, and the run stops
-    assert "3" in os.listdir(tmp_path / "checkpoints")
-    monkeypatch.setattr(neurodiff3d.NeuroDiff3D, "host_batch", original)
-    train_lib.train(_config(prepared, **{"train.total_steps": 6}), str(tmp_path))
-    _assert_trees(_final(str(tmp_path)), _final(reference[0]))  # the data stream resumed exactly
+    monkeypatch.setattr(train_lib, "compile_step", no_compile)
+    monkeypatch.setattr(train_lib.train_state, "create", no_compile)
+    assert train_lib.train(_config(prepared), reference[0])["step"] == STEPS
 
 
 @pytest.mark.parametrize(
     "overrides, error",
     [
         ({"stage": "nope"}, "unknown stage 'nope'"),
-        ({"model.clip.path": "/nonexistent/clip"}, "has no config.json"),
-        ({"data.data_dir": "/nonexistent/data"}, "does not exist"),
+        ({"model.clip.path": "/nonexistent/clip"}, "weights folder '/nonexistent/clip'"),
+        ({"data.data_dir": "/nonexistent/data"}, "--config.data.data_dir"),
         ({"data.split": "validation"}, "no split 'validation'"),
         ({"data.batch_size": 4}, "batch_size 4 is not divisible by the 8 devices"),
         (
@@ -144,66 +179,45 @@ def test_sigterm_saves_stops_and_resumes_exactly(prepared, reference, tmp_path, 
         ),
     ],
 )
-def test_bad_input_fails_before_compiling(prepared, tmp_path, overrides, error):
-    with pytest.raises((ValueError, FileNotFoundError), match=error):
+def test_bad_input_fails_before_compiling(prepared, tmp_path, monkeypatch, overrides, error):
+    from nd3d_jax.errors import UserError
+
+    monkeypatch.setattr(train_lib, "compile_step", lambda *a, **k: pytest.fail("compiled"))
+    with pytest.raises(UserError, match=error):
         train_lib.train(_config(prepared, **overrides), str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_pix3d_config_trains_with_masked_views(prepared, tmp_path):
-    """Pix3D: one photo in grid slot 0, the other slots out of the loss."""
-    c = load_config(os.path.join(ROOT, "configs/neurodiff3d_pix3d.py:tiny"))
-    c.data.data_dir = prepared["data_dir"]
-    c.data.batch_size = 8
-    c.data.num_threads = 1
-    c.optim.total_steps = c.train.total_steps = 2
-    c.train.preview_every = 2
-    c.train.preview_examples = 2
-    c.train.preview_steps = 2
+def test_pix3d_trains_with_masked_views_and_previews(prepared, tmp_path):
+    """Pix3D: one photo in grid slot 0, the other slots out of the loss; same model and
+    optimizer as the reference (the compiled step is reused), previews of 128 px a view."""
+    c = _config(prepared, **{"data.dataset": "pix3d", "train.preview_every": 6,
+                             "train.preview_examples": 2})  # fmt: skip
     metrics = train_lib.train(c, str(tmp_path))
-    assert metrics["step"] == 2 and np.isfinite(metrics["loss"])
+    assert metrics["step"] == STEPS and np.isfinite(metrics["loss"])
     assert metrics["view_fraction"] == 0.25  # 1 of the 4 grid slots is a real view
     previews = os.listdir(tmp_path / "previews")
-    assert previews == ["step_000002.png"]
+    assert previews == [f"step_{STEPS:06d}.png"]
     from PIL import Image
 
     image = np.asarray(Image.open(tmp_path / "previews" / previews[0]))
-    assert image.shape == (2 * 64, 3 * 64, 3)  # 2 examples x (target | sample | normals)
-
-
-def test_paper_configs_build(prepared):
-    """The paper-size variant builds its stage (shapes only) with the paper's widths."""
-    from flax import linen as nn
-
-    from nd3d_jax.stages import get_stage
-
-    stage = get_stage(load_config(os.path.join(ROOT, "configs/neurodiff3d_omniobject3d.py:random")))
-    assert stage.grid_size == 512 and stage.latent_size == 64
-    shapes = nn.unbox(stage.abstract_params())
-    assert shapes["conditioning"]["prior_alignment"]["fc"]["kernel"].shape == (384, 512)
-    assert shapes["context_proj"]["kernel"].shape == (512, 768)
+    tile = c.model.tile_size * c.model.grid_cols * (128 // c.model.tile_size)
+    assert image.shape == (2 * tile, 3 * tile, 3)  # 2 examples x (target | sample | normals)
+    assert image.std() > 0
 
 
 def test_two_processes_match_one(prepared, reference, tmp_path):
     """2 processes x 4 CPU devices (gloo over loopback) train together and end where the
     single-process 8-device run ends: each reads its block of every global batch."""
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     workdir = str(tmp_path / "two")
-    args = [
-        sys.executable, "-m", "nd3d_jax.train", "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}", "--config.data.synthetic_objects=0",
-        f"--config.data.data_dir={prepared['data_dir']}", "--config.data.num_threads=1",
-        "--config.optim.total_steps=6", "--config.train.total_steps=6",
-        "--config.train.checkpoint_every=3", "--config.distributed.enabled=True",
-        f"--config.distributed.coordinator_address=localhost:{port}",
-        "--config.distributed.num_processes=2",
-    ]  # fmt: skip
+    args = _cli(prepared, workdir, "--config.distributed.enabled=True",
+                f"--config.distributed.coordinator_address=localhost:{port}",
+                "--config.distributed.num_processes=2", "--verbosity=info")  # fmt: skip
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}  # fmt: skip
     procs = [
@@ -215,15 +229,6 @@ def test_two_processes_match_one(prepared, reference, tmp_path):
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     assert "over 8 devices (2 processes)" in outputs[0]
-    _assert_trees(_final(workdir), _final(reference[0]), rtol=1e-5, atol=1e-5)
-
-
-def test_resume_onto_another_mesh(prepared, reference, tmp_path):
-    """Checkpoint written on 8 data-parallel devices, resumed on a 2 x 4 (data, fsdp) mesh."""
-    workdir = str(tmp_path)
-    train_lib.train(_config(prepared), workdir)
-    fsdp = {"train.total_steps": 6, "mesh.data": 2, "mesh.fsdp": 4}
-    assert train_lib.train(_config(prepared, **fsdp), workdir)["step"] == 6
     _assert_trees(_final(workdir), _final(reference[0]), rtol=1e-5, atol=1e-5)
 
 
@@ -250,22 +255,18 @@ def test_non_finite_steps_change_nothing_and_are_counted():
         _assert_trees(bad[key], good[key])
 
 
-def test_sigkill_at_a_random_step_then_restart_is_bit_identical(prepared, reference, tmp_path):
+def test_sigkill_then_restart_is_bit_identical_and_a_finished_rerun_is_quick(
+    prepared, reference, tmp_path
+):
     """A run killed with SIGKILL somewhere after its first checkpoint, restarted with the same
-    command, ends bit-identical to the uninterrupted run."""
+    command, ends bit-identical to the uninterrupted run; run once more, it returns at once
+    (no compilation) with exit code 0. The workdir holds the resolved config and run info."""
+    import json
     import random
-    import subprocess
-    import sys
     import time
 
     workdir = str(tmp_path / "killed")
-    cmd = [
-        sys.executable, "-m", "nd3d_jax.train", "--config=configs/demo.py:tiny",
-        f"--workdir={workdir}", "--config.data.synthetic_objects=0",
-        f"--config.data.data_dir={prepared['data_dir']}", "--config.data.num_threads=1",
-        "--config.optim.total_steps=6", "--config.train.total_steps=6",
-        "--config.train.checkpoint_every=2",
-    ]  # fmt: skip
+    cmd = _cli(prepared, workdir, "--config.train.checkpoint_every=2", "--verbosity=info")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -282,3 +283,10 @@ def test_sigkill_at_a_random_step_then_restart_is_bit_identical(prepared, refere
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     _assert_trees(_final(workdir), _final(reference[0]))
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already finished" in again.stderr and "compiled" not in again.stderr
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["train"]["total_steps"] == STEPS and saved["model"]["tile_size"] == 32
+    assert "nd3d_jax.train" in json.load(open(os.path.join(workdir, "run.json")))["command_line"]

@@ -13,23 +13,15 @@ from diffusers import T2IAdapter as TorchAdapter
 from diffusers import UNet2DConditionModel
 from hf_fixtures import randomize_norms
 
+from configs import presets
 from nd3d_jax.models.t2i_adapter import avg_pool_ceil, pixel_unshuffle
 from nd3d_jax.weights.diffusers import load_t2i_adapter, load_unet
 from nd3d_jax.weights.io import WeightImportError
 
 TOL = 1e-4
-TINY_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    layers_per_block=2,
-    norm_num_groups=8,
-    cross_attention_dim=16,
-    attention_head_dim=4,
-)
+# two resnets a level (the second takes the first's output, not the skip)
+TINY_UNET = presets.derive(presets.TINY_UNET, sample_size=16, layers_per_block=2)
+CTX = TINY_UNET["cross_attention_dim"]
 LINEAR_UNET = dict(
     TINY_UNET,
     block_out_channels=(16, 32, 32),
@@ -40,7 +32,7 @@ LINEAR_UNET = dict(
     attention_head_dim=(2, 4, 4),
     transformer_layers_per_block=2,
 )
-TINY_ADAPTER = dict(in_channels=6, channels=(32, 64), num_res_blocks=2, downscale_factor=8)
+TINY_ADAPTER = presets.derive(presets.TINY_ADAPTER, num_res_blocks=2, downscale_factor=8)
 
 
 def _save(cls, config, folder, seed=0):
@@ -70,7 +62,7 @@ def unet_and_adapter(tmp_path_factory):
     return root, unet, adapter
 
 
-def _inputs(b=2, hw=16, ctx_dim=16, seed=0):
+def _inputs(b=2, hw=16, ctx_dim=CTX, seed=0):
     rng = np.random.default_rng(seed)
     sample = rng.normal(size=(b, hw, hw, 4)).astype(np.float32)
     ctx = rng.normal(size=(b, 7, ctx_dim)).astype(np.float32)
@@ -87,7 +79,8 @@ def test_unet_matches_diffusers_without_and_with_adapter(unet_and_adapter):
     feats = adapter.apply({"params": ap}, jnp.asarray(cond))
     with torch.no_grad():
         ref_feats = ref_adapter(_nchw(cond))
-    assert [f.shape for f in feats] == [(2, 16, 16, 32), (2, 8, 8, 64)]
+    c0, c1 = TINY_ADAPTER["channels"]
+    assert [f.shape for f in feats] == [(2, 16, 16, c0), (2, 8, 8, c1)]
     for ours, theirs in zip(feats, ref_feats, strict=True):
         np.testing.assert_allclose(ours, _nhwc(theirs), atol=TOL)
 
@@ -140,9 +133,9 @@ def test_bad_inputs_and_folders(unet_and_adapter, tmp_path):
     adapter, ap = load_t2i_adapter(str(root / "adapter"))
     with pytest.raises(ValueError, match="NHWC"):
         unet.apply(
-            {"params": up}, jnp.zeros((1, 4, 16, 16)), jnp.zeros((1,)), jnp.zeros((1, 7, 16))
+            {"params": up}, jnp.zeros((1, 4, 16, 16)), jnp.zeros((1,)), jnp.zeros((1, 7, CTX))
         )
-    with pytest.raises(ValueError, match="cross_attention_dim 16"):
+    with pytest.raises(ValueError, match=f"cross_attention_dim {CTX}"):
         unet.apply({"params": up}, jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1, 7, 8)))
     with pytest.raises(ValueError, match="divisible by 8"):
         adapter.apply({"params": ap}, jnp.zeros((1, 100, 128, 6)))
@@ -177,7 +170,7 @@ def test_every_parameter_has_logical_axes():
 
     cases = [
         (UNet(UNetConfig(**{k: v for k, v in TINY_UNET.items() if k != "sample_size"})),
-         (jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1, 3, 16)))),
+         (jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1, 3, CTX)))),
         (T2IAdapter(T2IAdapterConfig(**TINY_ADAPTER)), (jnp.zeros((1, 64, 64, 6)),)),
         (AutoencoderKL(VAEConfig(block_out_channels=(16, 32), norm_num_groups=8)),
          (jnp.zeros((1, 16, 16, 3)),)),

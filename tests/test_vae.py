@@ -12,18 +12,12 @@ import torch
 from diffusers import AutoencoderKL as TorchVAE
 from hf_fixtures import randomize_norms
 
+from configs import presets
 from nd3d_jax.models.vae import sample_latent
 from nd3d_jax.weights.diffusers import load_vae
 from nd3d_jax.weights.io import WeightImportError
 
-TINY = dict(
-    block_out_channels=(16, 32),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=8,
-    down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2,
-)
+TINY = presets.TINY_VAE
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nd3d_jax.errors import UserError
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -29,12 +31,19 @@ class ScheduleConfig:
     prediction_type: str = "epsilon"
 
     def __post_init__(self):
+        # config values (schedule.*): a wrong one is the user's mistake, one line
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule {self.beta_schedule!r} not in {BETA_SCHEDULES}")
+            raise UserError(
+                f"beta_schedule {self.beta_schedule!r} not in {BETA_SCHEDULES} "
+                "(--config.schedule.beta_schedule)"
+            )
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type {self.prediction_type!r} not in {PREDICTION_TYPES}")
+            raise UserError(
+                f"prediction_type {self.prediction_type!r} not in {PREDICTION_TYPES} "
+                "(--config.schedule.prediction_type)"
+            )
         if self.num_train_timesteps < 1:
-            raise ValueError("num_train_timesteps must be >= 1")
+            raise UserError("num_train_timesteps must be >= 1 (--config.schedule.*)")
 
 
 def make_betas(config: ScheduleConfig) -> np.ndarray:

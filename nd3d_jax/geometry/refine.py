@@ -45,7 +45,7 @@ class RefineSettings:
 
     num_key_points: int = 2048  # "2048 sampled points"
     vertex_stride: int = 100  # "one key vertex per 100 vertices"
-    num_jitter_copies: int = 1  # near-surface copies of each key point (DESIGN.md)
+    num_jitter_copies: int = 1  # near-surface copies of each key point (docs/design.md)
     jitter_std: float = 0.05  # their offset, world units over [-bound, bound]^3
     num_uniform_points: int = 2048  # far-field points, keep signs right off the surface
     steps: int = 50  # "50 iterations"

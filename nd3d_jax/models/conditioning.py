@@ -1,13 +1,13 @@
-"""M1 + M2 of DESIGN.md: the priors and their fusion into the UNet's cross-attention context.
+"""M1 + M2 of docs/design.md: the priors and their fusion into the UNet's cross-attention context.
 
     f_struc = MeshConv(512 sampled faces)                      128
-    f_tex   = FC(ResNet-18(T)),  T = T_hat + eps (eq 8)        128
+    f_tex   = FC(ResNet-18(T)),  T = T_hat + eps (eq 8, added by the caller)  128
     f_sem   = sigmoid(W_g SemanticEncoder(text) + b_g)         128   (eq 9)
     f_prior_align = FC(concat)                                 384 -> 512
     f_fusion = eq 10-12 over CLIP text tokens and CLIP image tokens  (B, L_text, 512)
 
 Frozen by default (`trainable_mask`): CLIP, and the first 10 ResNet layers (stem + first nine
-convolutions, DESIGN.md); everything else trains.
+convolutions, docs/design.md); everything else trains.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from nd3d_jax.models.priors import (
     SemanticGating,
     TextureEncoder,
     fuse,
-    texture_noise,
 )
 from nd3d_jax.models.semantic_encoder import SemanticEncoder, SemanticEncoderConfig, init_from_clip
 
@@ -43,7 +42,6 @@ class ConditioningConfig:
     f_tex_dim: int = F_TEX_DIM
     f_sem_dim: int = F_SEM_DIM
     fusion_weights: tuple[float, float, float] = FUSION_WEIGHTS
-    texture_noise_scale: float = 0.0  # eq 8's eps scale; the trainer sets it from its config
     frozen_resnet_layers: int = resnet_lib.FROZEN_LAYERS
 
     @classmethod
@@ -66,11 +64,9 @@ class Conditioning(nn.Module):
         self.semantic_gating = SemanticGating(c.f_sem_dim, self.dtype)
         self.prior_alignment = PriorAlignment(c.clip.projection_dim, self.dtype)
 
-    def priors(self, faces: dict, texture_map, semantic_ids, semantic_mask, noise_key=None):
+    def priors(self, faces: dict, texture_map, semantic_ids, semantic_mask):
         """f_prior_align (B, 512) and its parts. `faces` holds `mesh_conv.sample_faces` arrays
-        with a batch axis; `noise_key` draws eq 8's eps (None: no noise)."""
-        if noise_key is not None and self.config.texture_noise_scale > 0:
-            texture_map = texture_noise(noise_key, texture_map, self.config.texture_noise_scale)
+        with a batch axis; `texture_map` is T of eq 8 (the caller adds the noise)."""
         f_struc = self.mesh_conv(
             faces["features"], faces["neighbours"], faces["neighbour_mask"], faces["face_mask"]
         )
@@ -86,7 +82,7 @@ class Conditioning(nn.Module):
             "f_prior_align": f_prior_align,
         }
 
-    def __call__(self, batch: dict, noise_key=None) -> dict:
+    def __call__(self, batch: dict) -> dict:
         """`batch`: input_ids/attention_mask (CLIP text, B x L), pixel_values (B, H, W, 3 CLIP-
         normalised), semantic_ids/semantic_mask (B x <= 64), texture_map (B, 256, 256, 3),
         faces (dict of sample_faces arrays). Returns f_fusion (B, L, 512) and the parts."""
@@ -95,7 +91,6 @@ class Conditioning(nn.Module):
             batch["texture_map"],
             batch["semantic_ids"],
             batch["semantic_mask"],
-            noise_key,
         )
         f_text = self.clip.text_tokens(batch["input_ids"], batch["attention_mask"])
         f_img = self.clip.image_tokens(batch["pixel_values"])

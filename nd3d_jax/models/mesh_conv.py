@@ -5,7 +5,7 @@ Paper section "Preprocessing of multimodal prior information": "Face sampling is
 and center coordinates (3D) are calculated ... fed into a 1-layer MeshConv (kernel size = 3) to
 output a 128D structural feature vector."
 
-DESIGN.md: the kernel is a face and its three edge-adjacent neighbours (taken from the full
+docs/design.md: the kernel is a face and its three edge-adjacent neighbours (taken from the full
 mesh), aggregated order-invariantly (sum and sum of absolute differences, as MeshCNN makes its
 edge convolution symmetric); the conv output is pooled over the valid sampled faces.
 

@@ -35,11 +35,12 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from nd3d_jax.models.layers import conv
+
 FROZEN_LAYERS = 10  # "pre-trained ResNet-18 (with the first 10 layers frozen)"
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d default
 BOTTLENECK_REDUCTION = 4  # HF ResNetBottleNeckLayer's default
 
-CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
 CHANNEL_AXES = ("conv_out",)
 
 # transformers' ResNetConfig defaults (ResNet-50), used for keys absent from a config.json.
@@ -114,24 +115,6 @@ class ResNetConfig:
         return specs
 
 
-def _conv(features: int, kernel: int, stride: int, dtype, param_dtype, name: str) -> nn.Conv:
-    pad = kernel // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),  # explicit, as torch: never "SAME"
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        # torch ResNet init (kaiming normal, fan_out); checkpoints overwrite it anyway.
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(2.0, "fan_out", "normal"), CONV_AXES
-        ),
-        name=name,
-    )
-
-
 class FrozenBatchNorm(nn.Module):
     """Inference-mode BatchNorm: y = (x - mean) / sqrt(var + eps) * scale + bias.
 
@@ -176,13 +159,16 @@ class ConvLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _conv(
+        x = conv(
             self.features,
             self.kernel_size,
-            self.stride,
-            self.dtype,
-            self.param_dtype,
             "convolution",
+            self.stride,
+            dtype=self.dtype,
+            use_bias=False,
+            param_dtype=self.param_dtype,
+            # torch ResNet init (kaiming normal, fan_out); checkpoints overwrite it anyway.
+            kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
         )(x)
         x = FrozenBatchNorm(
             self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="normalization"

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nd3d_jax.models.vae import conv
+from nd3d_jax.models.layers import conv
 
 
 @dataclasses.dataclass(frozen=True)

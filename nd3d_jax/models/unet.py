@@ -1,6 +1,6 @@
 """The Stable-Diffusion-style conditional 2D UNet (diffusers `UNet2DConditionModel`), NHWC.
 
-M3 of DESIGN.md: it denoises the latent K-view grid, cross-attending to f_fusion, with the
+M3 of docs/design.md: it denoises the latent K-view grid, cross-attending to f_fusion, with the
 T2I-Adapter's features added on the down path (eq 13). Module names follow diffusers' keys
 (`down_blocks_1/attentions_0/transformer_blocks_0/attn2/to_k`, ...), so
 `nd3d_jax.weights.diffusers` maps a `save_pretrained` folder one to one.
@@ -21,8 +21,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nd3d_jax.models.layers import dense, layer_norm
-from nd3d_jax.models.vae import Downsample, Upsample, conv, group_norm
+from nd3d_jax.models.layers import (
+    Downsample,
+    ResnetBlock,
+    Upsample,
+    conv,
+    dense,
+    group_norm,
+    layer_norm,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,29 +98,6 @@ def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool, shift: flo
     if flip_sin_to_cos:
         emb = jnp.concatenate([emb[:, half:], emb[:, :half]], -1)
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
-
-
-class ResnetBlock(nn.Module):
-    """GroupNorm-SiLU-conv, + time embedding projection, GroupNorm-SiLU-conv, + shortcut."""
-
-    features: int
-    groups: int = 32
-    eps: float = 1e-5
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, temb):
-        h = nn.silu(group_norm(self.groups, "norm1", self.dtype, self.eps)(x))
-        h = conv(self.features, 3, "conv1", dtype=self.dtype)(h)
-        t = dense(self.features, ("embed", "conv_out"), name="time_emb_proj", dtype=self.dtype)(
-            nn.silu(temb)
-        )
-        h = h + t[:, None, None, :]
-        h = nn.silu(group_norm(self.groups, "norm2", self.dtype, self.eps)(h))
-        h = conv(self.features, 3, "conv2", dtype=self.dtype)(h)
-        if x.shape[-1] != self.features:
-            x = conv(self.features, 1, "conv_shortcut", dtype=self.dtype)(x)
-        return x + h
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """The Stable-Diffusion image VAE (diffusers `AutoencoderKL`) in Linen, NHWC.
 
-The M4 decoder half and the frozen encoder of the latent grid (DESIGN.md). Module names follow
+The M4 decoder half and the frozen encoder of the latent grid (docs/design.md). Module names follow
 diffusers' keys (`encoder/down_blocks_0/resnets_1/conv2`, ...) so `nd3d_jax.weights.vae` maps a
 `save_pretrained` folder one to one.
 
@@ -17,9 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nd3d_jax.models.layers import dense
-
-CONV_AXES = ("conv_h", "conv_w", "conv_in", "conv_out")
+from nd3d_jax.models.layers import Downsample, ResnetBlock, Upsample, conv, dense, group_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,49 +57,6 @@ class VAEConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
 
-def conv(features: int, kernel: int, name: str, stride: int = 1, padding=None, dtype=jnp.float32):
-    pad = kernel // 2 if padding is None else padding
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)) if isinstance(pad, int) else pad,
-        dtype=dtype,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
-        name=name,
-    )
-
-
-def group_norm(groups: int, name: str, dtype=jnp.float32, eps: float = 1e-6) -> nn.GroupNorm:
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=eps,
-        dtype=dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("conv_out",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
-        name=name,
-    )
-
-
-class ResnetBlock(nn.Module):
-    """norm -> silu -> conv3x3 -> norm -> silu -> conv3x3, plus a 1x1 shortcut on width change."""
-
-    features: int
-    groups: int = 32
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        h = nn.silu(group_norm(self.groups, "norm1", self.dtype)(x))
-        h = conv(self.features, 3, "conv1", dtype=self.dtype)(h)
-        h = nn.silu(group_norm(self.groups, "norm2", self.dtype)(h))
-        h = conv(self.features, 3, "conv2", dtype=self.dtype)(h)
-        if x.shape[-1] != self.features:
-            x = conv(self.features, 1, "conv_shortcut", dtype=self.dtype)(x)
-        return x + h
-
-
 class AttentionBlock(nn.Module):
     """Single-head self-attention over all pixels with a GroupNorm in front, residual."""
 
@@ -122,39 +77,12 @@ class AttentionBlock(nn.Module):
         return x + h.reshape(b, hgt, wid, c)
 
 
-class Downsample(nn.Module):
-    """diffusers' `downsamplers.0.conv`: 3x3 stride 2; padding 1 (UNet) or, with `padding=0`,
-    the VAE's asymmetric (0, 1) zero pad first."""
-
-    features: int
-    padding: int = 1
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        if self.padding == 0:
-            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        return conv(self.features, 3, "conv", 2, self.padding, self.dtype)(x)
-
-
-class Upsample(nn.Module):
-    """diffusers' `upsamplers.0.conv`: nearest-neighbour 2x, then a 3x3 conv."""
-
-    features: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return conv(self.features, 3, "conv", dtype=self.dtype)(x)
-
-
 def mid_block(x, width: int, groups: int, attention: bool, dtype):
     """resnet, (attention), resnet; called inside a compact module (names `mid_block_*`)."""
-    x = ResnetBlock(width, groups, dtype, name="mid_block_resnets_0")(x)
+    x = ResnetBlock(width, groups, dtype=dtype, name="mid_block_resnets_0")(x)
     if attention:
         x = AttentionBlock(groups, dtype, name="mid_block_attentions_0")(x)
-    return ResnetBlock(width, groups, dtype, name="mid_block_resnets_1")(x)
+    return ResnetBlock(width, groups, dtype=dtype, name="mid_block_resnets_1")(x)
 
 
 class Encoder(nn.Module):
@@ -168,7 +96,7 @@ class Encoder(nn.Module):
         for i, width in enumerate(c.block_out_channels):
             block = f"down_blocks_{i}"
             for j in range(c.layers_per_block):
-                x = ResnetBlock(width, g, self.dtype, name=f"{block}_resnets_{j}")(x)
+                x = ResnetBlock(width, g, dtype=self.dtype, name=f"{block}_resnets_{j}")(x)
             if i < len(c.block_out_channels) - 1:
                 x = Downsample(width, 0, self.dtype, name=f"{block}_downsamplers_0")(x)
         x = mid_block(x, c.block_out_channels[-1], g, c.mid_block_add_attention, self.dtype)
@@ -189,7 +117,7 @@ class Decoder(nn.Module):
         for i, width in enumerate(widths):
             block = f"up_blocks_{i}"
             for j in range(c.layers_per_block + 1):
-                x = ResnetBlock(width, g, self.dtype, name=f"{block}_resnets_{j}")(x)
+                x = ResnetBlock(width, g, dtype=self.dtype, name=f"{block}_resnets_{j}")(x)
             if i < len(widths) - 1:
                 x = Upsample(width, self.dtype, name=f"{block}_upsamplers_0")(x)
         x = nn.silu(group_norm(g, "conv_norm_out", self.dtype)(x))

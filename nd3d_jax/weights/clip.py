@@ -25,6 +25,7 @@ from nd3d_jax.weights.io import (
     read_config,
     read_safetensors,
 )
+from nd3d_jax.weights.orbax_io import is_converted, restore
 
 _LINEAR = re.compile(r"(q_proj|k_proj|v_proj|out_proj|fc1|fc2|text_projection|visual_projection)$")
 _NORM = re.compile(r"(layer_norm\d?|final_layer_norm|pre_layrnorm|post_layernorm)$")
@@ -65,6 +66,12 @@ def clip_dummy_inputs(config: CLIPConfig):
     )
 
 
+def build_clip(hf: dict, dtype=jnp.float32):
+    """(CLIPModel, dummy init inputs) from a config.json dict."""
+    module = CLIPModel(CLIPConfig.from_hf(hf), dtype=dtype)
+    return module, clip_dummy_inputs(module.config)
+
+
 def check_model_type(hf: dict, folder: str, want: str) -> None:
     got = hf.get("model_type")
     if got != want:
@@ -77,14 +84,12 @@ def check_model_type(hf: dict, folder: str, want: str) -> None:
 
 def load_clip(path: str, dtype=jnp.float32) -> tuple[CLIPModel, dict]:
     """`(module, params)` from a `CLIPModel.save_pretrained` folder or a converted checkpoint."""
-    from nd3d_jax.weights import convert
-
-    if convert.is_converted(path):
-        return convert.restore(path, "clip", dtype)
+    if is_converted(path):
+        return restore(path, "clip", build_clip, dtype)
     hf = read_config(path)
     check_model_type(hf, path, "clip")
-    module = CLIPModel(CLIPConfig.from_hf(hf), dtype=dtype)
-    expected = expected_shapes(module, *clip_dummy_inputs(module.config))
+    module, dummy = build_clip(hf, dtype)
+    expected = expected_shapes(module, *dummy)
     params = build_tree(read_safetensors(path), clip_rename, expected, source=path)
     return module, _to_jnp(params)
 

@@ -26,6 +26,7 @@ from nd3d_jax.weights.io import (
     read_config,
     read_safetensors,
 )
+from nd3d_jax.weights.orbax_io import is_converted, restore
 
 _CONTAINER = re.compile(r"^(down_blocks_\d+|up_blocks_\d+|mid_block|time_embedding)$")
 _OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out"}
@@ -68,10 +69,8 @@ def diffusers_rename(key: str, prefix: str = "") -> Target:
 
 
 def _load(path: str, class_name: str, build: Callable, prefix: str = "", dtype=jnp.float32):
-    from nd3d_jax.weights import convert
-
-    if convert.is_converted(path):
-        return convert.restore(path, class_name, dtype)
+    if is_converted(path):
+        return restore(path, class_name, build, dtype)
     hf = read_config(path)
     if hf.get("_class_name") != class_name:
         got = hf.get("_class_name") or hf.get("model_type")

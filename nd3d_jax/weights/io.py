@@ -19,12 +19,15 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file
 
+from nd3d_jax.errors import UserError
+
 WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 _SHOWN = 8  # keys listed per kind of problem in an error message
 
 
-class WeightImportError(ValueError):
-    """A checkpoint folder that cannot become our parameter tree."""
+class WeightImportError(UserError):
+    """A checkpoint folder that cannot become our parameter tree (a `UserError`, so commands
+    report it as one line; still a `ValueError`)."""
 
 
 @dataclasses.dataclass(frozen=True)

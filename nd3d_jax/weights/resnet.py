@@ -30,6 +30,7 @@ from nd3d_jax.weights.io import (
     read_config,
     read_safetensors,
 )
+from nd3d_jax.weights.orbax_io import is_converted, restore
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _MODULE = re.compile(
@@ -66,6 +67,13 @@ def resnet_rename(hf_key: str) -> Target | None:
     return Target(("<unexpected>", hf_key))
 
 
+def build_resnet(hf: dict, dtype=jnp.float32):
+    """(ResNet, dummy init inputs) from a config.json dict; parameters stay float32."""
+    cfg = ResNetConfig.from_hf(hf)
+    module = ResNet(cfg, dtype=dtype, param_dtype=jnp.float32)
+    return module, (np.zeros((1, 64, 64, cfg.num_channels), np.float32),)
+
+
 def load_resnet(path: str, dtype=jnp.float32) -> tuple[ResNet, dict]:
     """(module, params) from a `save_pretrained` ResNet folder (config.json + safetensors).
 
@@ -73,21 +81,17 @@ def load_resnet(path: str, dtype=jnp.float32) -> tuple[ResNet, dict]:
     and kernels lose nothing (BN is folded in float32 at run time anyway). A folder written by
     `python -m nd3d_jax.weights.convert` loads too.
     """
-    from nd3d_jax.weights import convert
-
-    if convert.is_converted(path):
-        return convert.restore(path, "resnet", dtype)
+    if is_converted(path):
+        return restore(path, "resnet", build_resnet, dtype)
     config = read_config(path)
     model_type = config.get("model_type")
     if model_type != "resnet":
         raise WeightImportError(f"{path}: holds a {model_type!r} checkpoint, expected 'resnet'")
     try:
-        cfg = ResNetConfig.from_hf(config)
+        module, dummy = build_resnet(config, dtype)
     except ValueError as e:
         raise WeightImportError(f"{path}: unsupported ResNet config: {e}") from e
-    module = ResNet(cfg, dtype=dtype, param_dtype=jnp.float32)
-    dummy = np.zeros((1, 64, 64, cfg.num_channels), np.float32)
-    expected = expected_shapes(module, dummy)
+    expected = expected_shapes(module, *dummy)
     state = read_safetensors(path)
     params = build_tree(state, resnet_rename, expected, source=path)
     return module, jax.tree.map(jnp.asarray, params)

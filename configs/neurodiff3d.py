@@ -1,21 +1,42 @@
-"""Shared pieces of the `neurodiff3d` stage configs (imported by the config files beside it)."""
+"""NeuroDiff3D at the paper's sizes, on OmniObject3D or Pix3D.
+
+    python -m nd3d_jax.train --config=configs/neurodiff3d.py:dataset=pix3d --workdir=DIR \\
+        --config.data.data_dir=TFDS_DIR --config.weights_dir=WEIGHTS
+
+Arguments (`:key=value,...`):
+  dataset  omniobject3d (default) | pix3d. Pix3D examples have one photo: it fills grid slot 0
+           and the other three slots are masked out of the loss.
+  variant  paper (default): the pretrained models from folders under `weights_dir`
+           (Hugging Face / diffusers layout, nothing downloads): `clip-vit-base-patch32/`
+           (CLIPModel + tokenizer), `resnet-18/` (ResNetModel), `stable-diffusion-v1-5/unet/`
+           and `.../vae/`; the T2I-Adapter starts at random (its input is our 6-channel N + T
+           stack, which no released adapter takes).
+           random: the paper sizes without weight folders (parameter counts, benchmarks).
+           tiny: tiny random networks and 20 steps, for tests (seconds on a CPU).
+List every key with `--config=configs/neurodiff3d.py --print_config`.
+"""
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
+
+from configs import presets
+from nd3d_jax.config_cli import parse_arg
 
 
 def sub_model(path: str = "", **config) -> ml_collections.ConfigDict:
-    """A sub-model: a local Hugging Face / diffusers folder, or an inline config (random init)."""
+    """A sub-model: a Hugging Face / diffusers folder (relative to `weights_dir`, or absolute;
+    resolved when used) or an inline config (random init)."""
     return ml_collections.ConfigDict({"path": path, "config": config})
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every key of the `neurodiff3d` stage, at the paper's values where they are sizes."""
     c = ml_collections.ConfigDict()
+    c.command = "train"  # the command this config is for (checked by config_cli.run)
     c.stage = "neurodiff3d"
     c.seed = 0
+    c.weights_dir = ""  # the folder the sub-models' relative paths are under
     # multi-process: jax.distributed.initialize() (auto-detected cluster, or the address given)
     c.distributed = ml_collections.ConfigDict(
         dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
@@ -42,14 +63,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.vae.use = True
     c.model.tokenizer_path = ""  # default: the CLIP folder
     c.model.pixel_factor = 8  # latent factor when model.vae.use is False
-    c.model.grid_rows = 2  # DESIGN.md: K = 4 views in a 2 x 2 grid
+    c.model.grid_rows = 2  # DESIGN: K = 4 views in a 2 x 2 grid
     c.model.grid_cols = 2
     c.model.tile_size = 256  # 2 x 256 = the paper's 512 x 512
     c.model.text_length = 77
     c.model.semantic_length = 64  # eq 9: maximum length 64
     c.model.texture_size = 256  # f_tex: "256x256x3 texture map"
     c.model.num_sampled_faces = 512  # f_struc: "totaling 512 sampled faces"
-    c.model.texture_noise_scale = 0.1  # eq 8's eps scale (DESIGN: a config value)
+    c.model.texture_noise_scale = 0.1  # eq 8's eps scale (the one value of it)
     c.model.fusion_weights = (0.5, 0.3, 0.2)  # eq 12
     c.model.cond_dropout = 0.1  # classifier-free guidance
     c.model.dtype = "float32"
@@ -72,7 +93,6 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             lr=1e-4,
             warmup_steps=500,
-            total_steps=50_000,
             end_lr_fraction=0.01,
             b1=0.9,
             b2=0.999,
@@ -89,41 +109,26 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(
         dict(
-            total_steps=50_000,
+            total_steps=50_000,  # the one step count (the learning-rate schedule's too)
             log_every=50,
             checkpoint_every=1000,
             keep_checkpoints=3,
             preview_every=2000,
             preview_examples=2,
-            preview_steps=50,
-            guidance=7.5,
-            clip_sample=0.0,  # > 0: clip predicted x_0 to [-v, v] when sampling (pixel space)
         )
     )
+    # DDIM sampling, for previews and generation; clip > 0 clips predicted x_0 to [-clip, clip]
+    c.sample = ml_collections.ConfigDict(dict(num_steps=50, guidance=7.5, eta=0.0, clip=0.0))
     return c
 
 
-def tiny_models(c: ml_collections.ConfigDict, pixel_space: bool = True) -> None:
-    """Random tiny networks that train on a laptop CPU (tests and the demo)."""
+def tiny_models(c: ml_collections.ConfigDict) -> None:
+    """Random tiny networks in pixel space (no VAE) that train on a laptop CPU."""
     m = c.model
-    m.clip = sub_model(
-        text_config=dict(vocab_size=520, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=4, num_attention_heads=4, eos_token_id=519,
-                         bos_token_id=518, pad_token_id=519),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=32, patch_size=8),
-        projection_dim=32,
-    )  # fmt: skip
-    m.resnet = sub_model(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
-                         layer_type="basic")  # fmt: skip
-    channels = 3 if pixel_space else 4
-    m.unet = sub_model(
-        in_channels=channels, out_channels=channels, block_out_channels=[16, 32],
-        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1,
-        attention_head_dim=2, cross_attention_dim=32, norm_num_groups=4,
-    )  # fmt: skip
-    m.adapter = sub_model(in_channels=6, channels=[16, 32], num_res_blocks=1, downscale_factor=2)
+    m.clip = sub_model(**presets.TINY_CLIP)
+    m.resnet = sub_model(**presets.TINY_RESNET)
+    m.unet = sub_model(**presets.derive(presets.TINY_UNET, in_channels=3, out_channels=3))
+    m.adapter = sub_model(**presets.TINY_ADAPTER)
     m.vae = sub_model()
     m.vae.use = False
     m.pixel_factor = 2
@@ -137,31 +142,42 @@ def tiny_models(c: ml_collections.ConfigDict, pixel_space: bool = True) -> None:
     c.data.num_threads = 2
 
 
-# Paper sizes: ViT-B/32 CLIP, ResNet-18, the SD 1.5 UNet and VAE, a full T2I-Adapter.
-CLIP_B32 = dict(text_config={}, vision_config={}, projection_dim=512)  # transformers' defaults
-RESNET_18 = dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                 layer_type="basic")  # fmt: skip
-SD15_UNET = dict(cross_attention_dim=768)  # UNetConfig's defaults are SD 1.5
-SD15_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-                scaling_factor=0.18215)  # fmt: skip
-ADAPTER = dict(in_channels=6, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8)
-
-
 def paper_models(c: ml_collections.ConfigDict, pretrained: bool = True) -> None:
     """The paper configuration (512 x 512 inputs, K = 4 views of 256 px, latent 64 x 64)."""
-    c.weights_dir = "weights"
-    w = c.weights_dir
     m = c.model
     if pretrained:
-        m.clip = sub_model(os.path.join(w, "clip-vit-base-patch32"))
-        m.resnet = sub_model(os.path.join(w, "resnet-18"))
-        m.unet = sub_model(os.path.join(w, "stable-diffusion-v1-5", "unet"))
-        m.vae = sub_model(os.path.join(w, "stable-diffusion-v1-5", "vae"))
+        c.weights_dir = "weights"
+        for name, folder in presets.PAPER_WEIGHTS.items():
+            m[name] = sub_model(folder)  # relative to weights_dir, resolved when used
     else:
-        m.clip, m.resnet = sub_model(**CLIP_B32), sub_model(**RESNET_18)
-        m.unet, m.vae = sub_model(**SD15_UNET), sub_model(**SD15_VAE)
+        m.clip, m.resnet = sub_model(**presets.CLIP_B32), sub_model(**presets.RESNET_18)
+        m.unet, m.vae = sub_model(**presets.SD15_UNET), sub_model(**presets.SD15_VAE)
     m.vae.use = True
-    m.adapter = sub_model(**ADAPTER)
+    m.adapter = sub_model(**presets.ADAPTER)
     m.dtype = "bfloat16"
     m.remat = True
     c.data.data_dir = "data/tfds"
+
+
+def tiny_run(c: ml_collections.ConfigDict) -> None:
+    """A run of seconds: a few steps, batch 8 (one example per simulated test device)."""
+    c.data.batch_size = 8
+    c.optim.warmup_steps = 2
+    c.train.total_steps = 20
+    c.train.log_every = 5
+    c.train.checkpoint_every = 10
+    c.train.preview_every = 0
+    c.train.preview_examples = 2
+    c.sample.num_steps = 2
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    a = parse_arg(arg, dataset=("omniobject3d", "pix3d"), variant=("paper", "random", "tiny"))
+    c = base_config()
+    c.data.dataset = a.dataset
+    if a.variant == "tiny":
+        tiny_models(c)
+        tiny_run(c)
+    else:
+        paper_models(c, pretrained=a.variant == "paper")
+    return c

@@ -1,8 +1,9 @@
-"""`python -m nd3d_jax.refine --config=configs/refine_demo.py --workdir=DIR`
+"""`python -m nd3d_jax.refine_demo --config=configs/refine_demo.py[:tiny] --workdir=DIR`
 
 The geometry refinement stage (P2) on an analytic coarse field: builds the noisy coarse mesh,
 refines it with the SDF MLP, the deformable tet grid and marching tetrahedra, and writes
-`coarse.glb`, `refined.glb`, `refined.obj`, `summary.json` and `preview.png` to the workdir.
+`coarse.glb`, `refined.glb`, `refined.obj`, `summary.json` and `preview.png` to the workdir
+(with `config.json` and `run.json`). The refinement itself is `nd3d_jax.geometry.refine`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from nd3d_jax import config_cli
+from nd3d_jax.errors import UserError
 from nd3d_jax.geometry import analytic
 from nd3d_jax.geometry.extract import mesh_from_sdf
 from nd3d_jax.geometry.mesh_ops import export_mesh
@@ -36,7 +38,7 @@ def analytic_shape(shape: ml_collections.ConfigDict):
     if shape.kind == "box":
         sdf = analytic.box(shape.half_extents)
         return sdf, *analytic.box_area_volume(shape.half_extents)
-    raise ValueError(f"unknown config.shape.kind {shape.kind!r}: use sphere, torus or box")
+    raise UserError(f"unknown shape {shape.kind!r} (--config.shape.kind): use sphere, torus or box")
 
 
 def _log(msg: str) -> None:
