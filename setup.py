@@ -33,6 +33,8 @@ setup(
         "charset-normalizer>=3,<4",  # trimesh decodes non-UTF-8 OBJ files with it
         "rtree>=1.3,<2",  # trimesh's closest-point queries (SDF targets)
         "fast-simplification>=0.2,<0.3",  # trimesh's quadric decimation (condition meshes)
+        # SDF signs (fast winding number), closest points, face orientation repair (with embree)
+        "libigl>=2.6.3,<2.7",
         # Data preparation and loading: tfds (TF encodes images) writing ArrayRecord, grain.
         "tensorflow-cpu>=2.21,<2.22",
         "tensorflow-datasets>=4.9.10,<4.10",

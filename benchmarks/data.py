@@ -1,25 +1,87 @@
-"""`python -m nd3d_jax.benchmark data`: loader examples/s with 1 and 2 worker threads.
+"""`python -m nd3d_jax.benchmark data`: SDF signs per shape, and loader examples/s.
 
-Writes a synthetic Pix3D set in a temporary folder, prepares it with the real builder (the
-paper-size `default` config: 512 x 512 images, 4096 surface points, 6144 SDF queries; `tiny`
-with --quick) and times batches of the training pipeline (decode, CLIP normalisation, random
-flip, batching). The 2-thread row lists the 1-thread row as its reference.
+SDF signs: seconds per shape to decide inside/outside for the 6144 SDF queries of one shape
+(default config) on spheres of about 10k, 100k and 330k faces (raw scans are ~330k), on one
+libigl thread: the fast winding number against the exact O(points x faces) sum in the same
+run, and the whole preparation of a 330k-face shape (orientation repair, surface and SDF
+samples, condition mesh). --quick: 10k faces, 1024 queries.
+
+Loader: writes a synthetic Pix3D set in a temporary folder, prepares it with the real builder
+(the paper-size `default` config: 512 x 512 images, 4096 surface points, 6144 SDF queries;
+`tiny` with --quick) and times batches of the training pipeline (decode, CLIP normalisation,
+random flip, batching). The 2-thread row lists the 1-thread row as its reference.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 
+import numpy as np
+import trimesh
+
+from data_pipelines.examples import Spec, prepare_shape
 from data_pipelines.loader import data_source, make_iterator
+from data_pipelines.mesh_repair import repair_orientation
 from data_pipelines.prepare import prepare
+from data_pipelines.shape_samples import inside, shape_samples
 from data_pipelines.synthetic.pix3d import write_pix3d
 from nd3d_jax.benchmark import BenchOptions, Record, measure
 
 BATCH = 4
+SIGN_FACES = (10_000, 100_000, 330_000)
+SDF_QUERIES = 6144  # the default config's 4096 near-surface + 2048 uniform queries
+
+
+def _sphere(faces: int) -> trimesh.Trimesh:
+    """A unit-diameter UV sphere with about `faces` faces (4 n^2 for n rings and segments)."""
+    n = round((faces / 4) ** 0.5)
+    return trimesh.creation.uv_sphere(radius=0.5, count=[n, n])
+
+
+def sign_suite(opts: BenchOptions) -> list[Record]:
+    """Seconds per shape for the SDF signs, fast vs exact winding number, one thread."""
+    os.environ["IGL_NUM_THREADS"] = "1"  # read by libigl at its first parallel call
+    queries = 1024 if opts.quick else SDF_QUERIES
+    records = []
+    for target in SIGN_FACES[:1] if opts.quick else SIGN_FACES:
+        mesh = _sphere(target)
+        near = shape_samples(mesh, num_surface=1, num_near=queries * 2 // 3,
+                             num_uniform=queries - queries * 2 // 3).sdf_points  # fmt: skip
+        start = time.perf_counter()
+        reference = inside(mesh, near, exact=True)  # ~70 s at 330k faces: timed once
+        exact = time.perf_counter() - start
+        fast = measure(lambda m=mesh, q=near: inside(m, q), warmup=1, repeats=max(3, opts.repeats))
+        same = bool((inside(mesh, near) == reference).all())
+        records.append(Record(
+            name=f"sdf_signs_{len(mesh.faces) // 1000}k_faces",
+            device="host CPU, 1 thread",
+            shape=f"{len(mesh.faces)} faces, {queries} queries, signs equal exact: {same}",
+            median_s=fast, repeats=max(3, opts.repeats), throughput=1 / fast,
+            throughput_unit="shapes/s", reference="exact winding number (same run)",
+            reference_median_s=exact,
+        ))  # fmt: skip
+    if not opts.quick:  # one whole shape as `prepare` does it, from an OBJ on disk
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "scan.obj")
+            mesh = _sphere(SIGN_FACES[-1])
+            trimesh.Trimesh(mesh.vertices, np.asarray(mesh.faces)[:, ::-1]).export(path)
+            total = measure(lambda: prepare_shape(("scan", path, Spec())), warmup=0, repeats=1)
+            repair = measure(lambda: repair_orientation(mesh), warmup=0, repeats=1)
+        records.append(Record(
+            name="prepare_shape_330k_faces", device="host CPU, 1 thread",
+            shape=f"{len(mesh.faces)} faces, inward-facing OBJ; repair alone {repair:.2f} s",
+            median_s=total, repeats=1, throughput=1 / total, throughput_unit="shapes/s",
+        ))  # fmt: skip
+    return records
 
 
 def suite(opts: BenchOptions) -> list[Record]:
+    return sign_suite(opts) + loader_suite(opts)
+
+
+def loader_suite(opts: BenchOptions) -> list[Record]:
     config = "tiny" if opts.quick else "default"
     quiet = lambda msg: None  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:

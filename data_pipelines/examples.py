@@ -16,6 +16,7 @@ import numpy as np
 
 from data_pipelines import cameras
 from data_pipelines.images import BadExample, alpha_mask, read_image, square_image, to_rgb
+from data_pipelines.mesh_repair import repair_orientation
 from data_pipelines.shape_samples import condition_mesh, shape_samples, unit_cube_transform
 from nd3d_jax.geometry.mesh_ops import MeshError, load_mesh
 
@@ -34,6 +35,9 @@ class Spec:
     caption_template: str = "a photo of a {category}"
     # the condition mesh: the paper samples "1 face per 10, totaling 512", so 5120 faces
     mesh_faces: int = 5120
+    # the plausible share of near-surface SDF queries inside the shape: about half lie inside a
+    # closed surface (fewer for thin parts); 0 or 1 means the sign is broken
+    inside_fraction: tuple[float, float] = (0.05, 0.95)
 
     def caption(self, category: str) -> str:
         return self.caption_template.format(category=category.replace("_", " "))
@@ -65,14 +69,29 @@ def _shape(path: str, spec: Spec, seed: int) -> dict:
     centre, scale = unit_cube_transform(np.asarray(mesh.vertices))
     unit = mesh.copy()
     unit.vertices = (np.asarray(mesh.vertices) - centre) * scale
-    s = shape_samples(unit, num_surface=spec.num_surface, num_near=spec.num_sdf_near,
+    # faces consistent and outward before anything reads them: normals, SDF, condition mesh
+    repaired = repair_orientation(unit)
+    if len(repaired.faces) == 0:
+        raise BadExample("empty mesh", path, "every face is degenerate")
+    s = shape_samples(repaired.mesh, num_surface=spec.num_surface, num_near=spec.num_sdf_near,
                       num_uniform=spec.num_sdf_uniform, seed=seed)  # fmt: skip
     try:
-        vertices, faces, colors = condition_mesh(unit, spec.mesh_faces)
+        vertices, faces, colors = condition_mesh(repaired.mesh, spec.mesh_faces)
     except ValueError as e:
         raise BadExample("empty mesh", path, str(e)) from e
     mesh_arrays = {"mesh_vertices": vertices, "mesh_faces": faces, "mesh_colors": colors}
-    return {"centre": centre, "scale": scale, **s._asdict(), **mesh_arrays}
+    inside = float((s.sdf_values[: spec.num_sdf_near] < 0).mean())
+    return {"centre": centre, "scale": scale, **s._asdict(), **mesh_arrays,
+            "path": path, "inside_fraction": inside, "warnings": repaired.warnings()}  # fmt: skip
+
+
+def plausible_sign(shape: dict, spec: Spec) -> str | None:
+    """None if the shape's near-surface inside fraction is plausible, else why not."""
+    lo, hi = spec.inside_fraction
+    fraction = shape["inside_fraction"]
+    if lo <= fraction <= hi:
+        return None
+    return f"{fraction:.1%} of the near-surface SDF queries inside, expected {lo:.0%} to {hi:.0%}"
 
 
 def prepare_shape(job) -> tuple:

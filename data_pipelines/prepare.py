@@ -1,8 +1,9 @@
 """`python -m data_pipelines.prepare --dataset=pix3d|omniobject3d --manual_dir=DIR --data_dir=DIR`
 
 Prepares a manual download as a tfds data set in ArrayRecord files under --data_dir, using all
-cores, and prints how many examples were written and how many were skipped, by reason (also
-saved as prepare_report.json beside the data). --strict stops at the first bad example.
+cores, and prints how many examples were written and how many were skipped, by reason, and per
+shape what was repaired or looked wrong (also saved as prepare_report.json beside the data).
+--strict stops at the first bad example.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import json
 import os
 import sys
+
+from nd3d_jax.errors import UserError
 
 BUILDERS = ("pix3d", "omniobject3d")
 
@@ -24,7 +27,7 @@ def builder_class(dataset: str):
         from data_pipelines.builders.omniobject3d import Omniobject3d
 
         return Omniobject3d
-    raise ValueError(f"unknown dataset {dataset!r}; use one of {BUILDERS}")
+    raise UserError(f"unknown dataset {dataset!r}; use one of {BUILDERS}")
 
 
 def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "default",
@@ -33,21 +36,28 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "defa
     import tensorflow_datasets as tfds
 
     from data_pipelines.builders.base import PrepareError
+    from data_pipelines.loader import silence_variant_probe
 
     if not os.path.isdir(manual_dir):
         raise PrepareError(f"--manual_dir {manual_dir} does not exist")
+    silence_variant_probe()  # tfds warns that the folder it is about to write is not there yet
     builder = builder_class(dataset)(data_dir=data_dir, config=config,
                                      file_format="array_record", **options)  # fmt: skip
     mode = tfds.download.GenerateMode
     done = builder.is_prepared() and not overwrite
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir,
-        download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_DATASET_IF_EXISTS,
-    ))  # fmt: skip
+    tfds.display_progress_bar(False)  # the builder shows its own progress
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir,
+            download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+        ))  # fmt: skip
+    finally:
+        tfds.display_progress_bar(True)
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     report = {"dataset": dataset, "config": config, "data_dir": os.fspath(builder.data_dir),
               "already_prepared": done, "written": splits,
-              "skipped": dict(sorted(builder.skipped.items()))}  # fmt: skip
+              "skipped": dict(sorted(builder.skipped.items())),
+              "shapes": dict(sorted(builder.shapes.items()))}  # fmt: skip
     if not done:
         with open(os.path.join(builder.data_dir, "prepare_report.json"), "w") as f:
             json.dump(report, f, indent=2)
@@ -60,8 +70,13 @@ def summary(report: dict) -> str:
     skipped = sum(report["skipped"].values())
     reasons = "".join(f"\n  {k}: {v}" for k, v in report["skipped"].items())
     head = "already prepared (use --overwrite to rebuild): " if report["already_prepared"] else ""
-    return (f"{head}wrote {written} examples ({splits}) to {report['data_dir']}\n"
+    text = (f"{head}wrote {written} examples ({splits}) to {report['data_dir']}\n"
             f"skipped {skipped} examples{':' if skipped else ''}{reasons}")  # fmt: skip
+    shapes = dict(report.get("shapes", {}))
+    if shapes:
+        text += f"\nshapes prepared: {shapes.pop('prepared', 0)}"
+        text += "".join(f"\n  {k}: {v}" for k, v in shapes.items())
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,18 +106,23 @@ def main(argv: list[str] | None = None) -> int:
         "--caption_template", default=None, help="default 'a photo of a {category}'"
     )
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing data set")
+    parser.add_argument(
+        "--keep_implausible",
+        action="store_true",
+        help="keep (with a warning) shapes whose near-surface SDF queries are under 5%% or over "
+        "95%% inside, instead of skipping them",
+    )
     args = parser.parse_args(argv)
-    from data_pipelines.builders.base import PrepareError
-
     try:
         report = prepare(args.dataset, args.manual_dir, args.data_dir, config=args.config,
                          overwrite=args.overwrite, strict=args.strict,
                          num_workers=args.num_workers, split_file=args.split_file,
                          test_fraction=args.test_fraction,
-                         caption_template=args.caption_template)  # fmt: skip
-    except (PrepareError, ValueError) as e:
+                         caption_template=args.caption_template,
+                         keep_implausible=args.keep_implausible)  # fmt: skip
+    except UserError as e:  # PrepareError included
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(summary(report))
     return 0
 

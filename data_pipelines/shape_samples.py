@@ -1,18 +1,25 @@
 """Shape supervision for one object: unit-cube normalisation, coloured surface samples and SDF
 query points with signed distances.
 
-Pure NumPy/trimesh (no JAX, no TensorFlow), so preparation workers start fast. Signs come from
-the generalised winding number (Jacobson et al. 2013), which stays right for the
-non-watertight, self-intersecting meshes both datasets ship; distances from the closest point
-on the surface.
+Pure NumPy/trimesh/libigl (no JAX, no TensorFlow), so preparation workers start fast. Signs come
+from the generalised winding number w (Jacobson et al. 2013), which stays right for the
+non-watertight, self-intersecting meshes both datasets ship: inside where |w| > 1/2, so a mesh
+whose faces all point inward (w = -1 inside) gets the same signs as its outward twin. w is
+evaluated by libigl's fast winding number (Barill et al. 2018: a tree of dipole expansions, exact
+near the query), O((points + faces) log faces); the direct O(points x faces) sum is kept as
+the reference. Distances are to the closest surface point (libigl's AABB tree). Meshes are
+meant to be oriented first (`data_pipelines.mesh_repair`): the normals read the face winding.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import igl
 import numpy as np
 import trimesh
+
+from data_pipelines.mesh_repair import weld
 
 DEFAULT_COLOR = (0.5, 0.5, 0.5)  # meshes without colours or textures (most Pix3D models)
 
@@ -78,17 +85,30 @@ def surface_samples(mesh: trimesh.Trimesh, count: int, seed: int):
     )
 
 
+def closest_points(mesh: trimesh.Trimesh, points: np.ndarray):
+    """(distance, closest point, face index) on `mesh` for each of `points` (libigl AABB tree;
+    the same closest points as `trimesh.proximity.closest_point`, ~10x faster on big meshes)."""
+    sq, face, closest = igl.point_mesh_squared_distance(
+        np.asarray(points, np.float64), np.asarray(mesh.vertices, np.float64),
+        np.asarray(mesh.faces, np.int64),
+    )  # fmt: skip
+    return np.sqrt(sq), closest, face
+
+
 def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
-    """The mesh the model renders its conditions from and samples f_struc's faces of: at most
+    """The mesh the model renders its conditions from and samples f_struc's faces of: the
+    surface with vertices welded by position (scans split them along UV seams), at most
     `max_faces` faces (quadric decimation, fast-simplification), with per-vertex colours taken
     from the original surface at each vertex's closest point. (V, 3) float32 vertices, (F, 3)
-    int32 faces, (V, 3) float32 colours."""
-    simple = trimesh.Trimesh(np.asarray(mesh.vertices), np.asarray(mesh.faces), process=False)
+    int32 faces, (V, 3) float32 colours. The face winding is `mesh`'s, so orient it first."""
+    vertices, faces = weld(mesh.vertices, mesh.faces)
+    simple = trimesh.Trimesh(vertices, faces, process=False)
+    simple.remove_unreferenced_vertices()
     if len(simple.faces) > max_faces:
         simple = simple.simplify_quadric_decimation(face_count=max_faces)
     if len(simple.faces) == 0:
         raise ValueError("mesh decimation left no faces")
-    closest, _, tri = trimesh.proximity.closest_point(mesh, simple.vertices)
+    _, closest, tri = closest_points(mesh, simple.vertices)
     bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], closest)
     bary = np.clip(bary, 0.0, 1.0)
     bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
@@ -100,11 +120,13 @@ def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
 
 
 def winding_number(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, chunk=1 << 18):
-    """Generalised winding number of the triangle soup at `points`: ~1 inside, ~0 outside.
+    """Generalised winding number of the triangle soup at `points`, exactly: ~1 inside an
+    outward-facing closed surface, ~-1 inside an inward-facing one, ~0 outside.
 
     Sum over faces of the signed solid angle (Van Oosterom & Strackee 1983) over 4 pi, in
     float32 component arithmetic (~30 ns per point-face pair on one core), processed in chunks
-    of points so at most `chunk` point-face pairs are live at once.
+    of points so at most `chunk` point-face pairs are live at once. The reference for
+    `fast_winding_number`.
     """
     tri = np.asarray(vertices, np.float32)[np.asarray(faces)]  # (F, 3, 3)
     a0, b0, c0 = (np.ascontiguousarray(tri[:, k].T) for k in range(3))  # (3, F) each
@@ -130,11 +152,26 @@ def winding_number(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, 
     return out
 
 
-def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """Distance to the closest surface point, negative inside (winding number > 1/2)."""
-    _, dist, _ = trimesh.proximity.closest_point(mesh, points)
-    inside = winding_number(mesh.vertices, mesh.faces, points) > 0.5
-    return np.where(inside, -dist, dist).astype(np.float32)
+def fast_winding_number(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray):
+    """The generalised winding number by libigl's hierarchical evaluation (Barill et al. 2018):
+    far triangles are grouped into dipole expansions (accuracy beta = 2), near ones summed
+    exactly. ~0.3 s for 6144 points on a 330k-face mesh on one core (the exact sum: ~70 s)."""
+    return igl.fast_winding_number(
+        np.asarray(vertices, np.float64), np.asarray(faces, np.int64),
+        np.asarray(points, np.float64),
+    )  # fmt: skip
+
+
+def inside(mesh: trimesh.Trimesh, points: np.ndarray, exact: bool = False) -> np.ndarray:
+    """|w| > 1/2: inside whichever way the faces point (w ~ -1 inside inward-facing meshes)."""
+    fn = winding_number if exact else fast_winding_number
+    return np.abs(fn(mesh.vertices, mesh.faces, points)) > 0.5
+
+
+def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray, exact: bool = False) -> np.ndarray:
+    """Distance to the closest surface point, negative inside (|winding number| > 1/2)."""
+    dist, _, _ = closest_points(mesh, points)
+    return np.where(inside(mesh, points, exact), -dist, dist).astype(np.float32)
 
 
 class ShapeSamples(NamedTuple):

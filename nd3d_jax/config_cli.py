@@ -194,22 +194,9 @@ def _get(config, dotted: str):
     return node
 
 
-def _choices() -> dict[str, tuple[str, ...]]:
-    from data_pipelines.prepare import BUILDERS
-    from nd3d_jax.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES
-    from nd3d_jax.stages import STAGES
-
-    return {
-        "stage": tuple(sorted(STAGES)),
-        "data.dataset": tuple(BUILDERS),
-        "schedule.beta_schedule": tuple(BETA_SCHEDULES),
-        "schedule.prediction_type": tuple(PREDICTION_TYPES),
-    }
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """The enumerated values a config holds (stage, dataset, schedule), checked up front."""
-    for key, allowed in _choices().items():
+def validate_choices(config: ml_collections.ConfigDict, choices: dict) -> None:
+    """Enumerated config values (`choices`: dotted key -> allowed values), checked up front."""
+    for key, allowed in choices.items():
         value = _get(config, key)
         if value is not None and value not in allowed:
             raise ConfigError(
@@ -501,12 +488,14 @@ def run(
     *,
     command: str | None = None,
     needs_workdir: bool = True,
+    choices: Callable[[], dict[str, Sequence[str]]] | None = None,
     argv: Sequence[str] | None = None,
 ) -> None:
     """Parses the command line and calls `main(config, workdir)` with the config locked.
 
     `command` (default: the module run with `python -m`, e.g. `train`) must match the config's
-    `command` key when it has one. Before `main`: the config's enumerated values are checked,
+    `command` key when it has one. Before `main`: the config's enumerated values are checked
+    (`choices()`: the command's own {dotted key: allowed values}),
     logging is set up, and with a workdir `check_workdir` runs and `save_run_files` writes
     config.json and run.json (in a multi-process run, after `main`, once JAX is initialised).
     A `UserError` anywhere is one line on stderr and exit code 2 (`--debug`: the traceback).
@@ -524,7 +513,8 @@ def run(
     try:
         config, fv = parse(argv, needs_workdir)
         check_command(config, command)
-        validate_config(config)
+        if choices is not None:
+            validate_choices(config, choices())
         if fv.print_config:
             print(config_to_json(config))
             return

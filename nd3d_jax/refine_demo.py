@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from nd3d_jax import config_cli
+from nd3d_jax import config_cli, sharding
 from nd3d_jax.errors import UserError
 from nd3d_jax.geometry import analytic
 from nd3d_jax.geometry.extract import mesh_from_sdf
@@ -58,7 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}")
     _log(f"coarse mesh: noisy {config.shape.kind}, tet grid {config.coarse_resolution}^3")
     coarse = mesh_from_sdf(noisy_sdf, config.coarse_resolution, settings.bound)
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    mesh = sharding.make_mesh()  # the trainer's (data, fsdp) mesh; points over both axes
     result = refine_mesh(coarse, field, settings, mesh=mesh, log=_log)
     refined = result.mesh
 

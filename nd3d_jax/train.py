@@ -390,7 +390,21 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     train(config, workdir)
 
 
+def config_choices() -> dict[str, tuple[str, ...]]:
+    """The enumerated config values this command accepts, checked before anything runs."""
+    from data_pipelines.prepare import BUILDERS
+    from nd3d_jax.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES
+    from nd3d_jax.stages import STAGES
+
+    return {
+        "stage": tuple(sorted(STAGES)),
+        "data.dataset": tuple(BUILDERS),
+        "schedule.beta_schedule": tuple(BETA_SCHEDULES),
+        "schedule.prediction_type": tuple(PREDICTION_TYPES),
+    }
+
+
 if __name__ == "__main__":
     from nd3d_jax.config_cli import run
 
-    run(main)
+    run(main, choices=config_choices)

@@ -8,6 +8,8 @@ import trimesh
 
 from data_pipelines.shape_samples import (
     DEFAULT_COLOR,
+    closest_points,
+    fast_winding_number,
     shape_samples,
     signed_distance,
     surface_samples,
@@ -88,3 +90,42 @@ def test_shape_samples_near_and_uniform_queries():
     near, uniform = s.sdf_values[:200], s.sdf_points[200:]
     assert np.abs(near).max() < 0.05 * 5  # within 5 sigma of the wider near band
     assert np.abs(uniform).max() <= 1.0 and np.abs(uniform).max() > 0.8
+
+
+def test_fast_winding_number_matches_the_exact_sum():
+    sphere = trimesh.creation.icosphere(4)  # 5120 faces
+    box = trimesh.creation.box((1, 1, 1))
+    open_box = box.faces[box.face_normals[:, 2] < 0.5]  # top missing: 5/6 at the centre
+    rng = np.random.default_rng(2)
+    pts = np.concatenate([sphere.sample(500) * rng.uniform(0.9, 1.1, (500, 1)),
+                          rng.uniform(-1.5, 1.5, (500, 3))])  # fmt: skip
+    for v, f in ((sphere.vertices, sphere.faces), (box.vertices, open_box)):
+        exact, fast = winding_number(v, f, pts), fast_winding_number(v, f, pts)
+        np.testing.assert_allclose(fast, exact, atol=5e-3)  # far-field expansions
+        assert ((np.abs(fast) > 0.5) == (np.abs(exact) > 0.5)).all()
+    np.testing.assert_allclose(fast_winding_number(box.vertices, open_box, [[0, 0, 0]]), 5 / 6,
+                               atol=1e-6)  # fmt: skip
+
+
+def test_signs_do_not_depend_on_orientation():
+    """Inward-facing meshes (Pix3D's IKEA models) get the same SDF: |w| > 1/2 is inside."""
+    pts = np.random.default_rng(3).uniform(-1.5, 1.5, (400, 3))
+    for mesh in (trimesh.creation.icosphere(3), make_object("chair", 1)):
+        inverted = trimesh.Trimesh(mesh.vertices, mesh.faces[:, ::-1], process=False)
+        assert inverted.volume < 0
+        assert (winding_number(inverted.vertices, inverted.faces, pts) < 0.5).all()
+        for exact in (False, True):
+            np.testing.assert_array_equal(signed_distance(inverted, pts, exact),
+                                          signed_distance(mesh, pts, exact))  # fmt: skip
+        assert (signed_distance(inverted, pts) < 0).any()
+
+
+def test_closest_points_match_trimesh():
+    mesh = make_object("lamp", 2)
+    pts = np.random.default_rng(4).uniform(-1, 1, (300, 3)) + mesh.centroid
+    dist, closest, face = closest_points(mesh, pts)
+    want_closest, want_dist, _ = trimesh.proximity.closest_point(mesh, pts)
+    np.testing.assert_allclose(dist, want_dist, atol=1e-9)
+    np.testing.assert_allclose(closest, want_closest, atol=1e-9)
+    on_face = trimesh.triangles.points_to_barycentric(mesh.triangles[face], closest)
+    assert (on_face > -1e-9).all()

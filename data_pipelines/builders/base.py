@@ -5,6 +5,11 @@ Preparation runs in two passes over a split, both in a pool of spawned worker pr
 every distinct shape (unit-cube transform, surface and SDF samples: the slow part, done once
 per shape however many images show it), then every example. A bad file costs its examples,
 is named in a log line and counted by reason; with `strict=True` the first one stops the run.
+Each shape's faces are made consistent and outward first (`data_pipelines.mesh_repair`); what
+was repaired or could not be is counted per shape (`shapes` in the report), and a shape whose
+near-surface SDF queries are implausibly all outside (or all inside) is skipped under its own
+reason, or kept with a warning (`keep_implausible=True`), so a broken sign never reaches
+training silently. Progress is a tqdm bar on a terminal, a few plain log lines otherwise.
 Examples are yielded only when complete, and tfds renames its output folder into place only
 when every split is written, so no partial record is ever left behind.
 """
@@ -25,7 +30,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from data_pipelines.examples import Spec, prepare_shape
+from data_pipelines.examples import Spec, plausible_sign, prepare_shape
+from nd3d_jax.errors import UserError
 
 TINY = Spec(image_size=64, num_surface=256, num_sdf_near=256, num_sdf_uniform=128, mesh_faces=512)
 
@@ -50,7 +56,7 @@ CONFIGS = [
 ]
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError):
     """A bad example under `strict=True`, or a manual folder that is not the data set."""
 
 
@@ -119,20 +125,22 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def __init__(self, *, strict: bool = False, num_workers: int | None = None,
                  split_file: str | None = None, test_fraction: float = 0.1,
                  caption_template: str | None = None, log: Callable[[str], None] | None = None,
-                 **kwargs):  # fmt: skip
+                 keep_implausible: bool = False, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         if not 0.0 <= test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+            raise UserError(f"--test_fraction must be in [0, 1), got {test_fraction}")
         self.strict, self.split_file, self.test_fraction = strict, split_file, test_fraction
+        self.keep_implausible = keep_implausible
         self.num_workers = num_workers or os.cpu_count() or 1
         self.spec = self.builder_config.spec
         if caption_template is not None:
             if "{category}" not in caption_template:
-                raise ValueError(f"caption template {caption_template!r} lacks '{{category}}'")
+                raise UserError(f"--caption_template {caption_template!r} lacks '{{category}}'")
             self.spec = dataclasses.replace(self.spec, caption_template=caption_template)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.skipped: collections.Counter[str] = collections.Counter()
         self.written: collections.Counter[str] = collections.Counter()
+        self.shapes: collections.Counter[str] = collections.Counter()  # prepared, warnings
 
     # -- subclass hooks --------------------------------------------------------------------
     def extra_features(self) -> dict:
@@ -155,6 +163,13 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self.skipped[reason] += count
         self.log(f"skipped {count} example{'s' * (count != 1)}: {message}")
 
+    # tfds prints a download banner and a done line on stdout; nothing downloads here
+    def _log_download_bytes(self) -> None:
+        self.log(f"preparing {self.name}/{self.builder_config.name} in {self.data_dir}")
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager):
         root = os.fspath(dl_manager.manual_dir)
         if not os.path.isdir(root):
@@ -170,14 +185,42 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       "test": [it for it in items if it["shape_id"] in test]}  # fmt: skip
         return {name: self._generate_examples(its, name) for name, its in splits.items() if its}
 
+    def _progress(self, results, total: int, desc: str) -> Iterator[tuple]:
+        """A tqdm bar on a terminal; elsewhere (logs, CI) a plain line per tenth done."""
+        if sys.stderr.isatty():
+            yield from tqdm(results, total=total, desc=desc, file=sys.stderr)
+            return
+        step = max(1, -(-total // 10))
+        for done, result in enumerate(results, 1):
+            yield result
+            if done % step == 0 or done == total:
+                self.log(f"{desc}: {done}/{total}")
+
     def _map(self, fn, jobs, desc: str) -> Iterator[tuple]:
         if self.num_workers <= 1 or len(jobs) <= 1:
-            yield from (fn(job) for job in tqdm(jobs, desc=desc, file=sys.stderr))
+            yield from self._progress(map(fn, jobs), len(jobs), desc)
             return
         ctx = multiprocessing.get_context("spawn")  # never fork a process that holds TF threads
-        with ctx.Pool(min(self.num_workers, len(jobs))) as pool:
-            results = pool.imap_unordered(fn, jobs)
-            yield from tqdm(results, total=len(jobs), desc=desc, file=sys.stderr)
+        with ctx.Pool(min(self.num_workers, len(jobs)), initializer=_one_thread) as pool:
+            yield from self._progress(pool.imap_unordered(fn, jobs), len(jobs), desc)
+
+    def _shape_ok(self, shape: dict, count: int) -> bool:
+        """Counts the shape's warnings; False (skipped) if its SDF sign is implausible."""
+        self.shapes["prepared"] += 1
+        warnings = shape.pop("warnings")
+        self.shapes.update(warnings)
+        if warnings:
+            self.log(f"warning: {shape['path']}: {'; '.join(warnings)}")
+        problem = plausible_sign(shape, self.spec)
+        if problem is None:
+            return True
+        if self.keep_implausible:
+            self.shapes["implausible inside fraction, kept"] += 1
+            self.log(f"warning: {shape['path']}: kept with {problem}")
+            return True
+        self.shapes["implausible inside fraction, skipped"] += 1
+        self.skip("implausible inside fraction", shape["path"], problem, count=count)
+        return False
 
     def _generate_examples(self, items: list[dict], split: str):
         by_shape = collections.defaultdict(list)
@@ -185,15 +228,21 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             by_shape[it["shape_id"]].append(it)
         jobs = [(sid, self._shape_paths[sid], self.spec) for sid in sorted(by_shape)]
         shapes = {}
-        for result in self._map(prepare_shape, jobs, "shapes"):
-            if result[0] == "ok":
+        for result in self._map(prepare_shape, jobs, f"{split} shapes"):
+            count = len(by_shape[result[1]])
+            if result[0] != "ok":
+                self.skip(*result[2:], count=count)
+            elif self._shape_ok(result[2], count):
                 shapes[result[1]] = result[2]
-            else:
-                self.skip(*result[2:], count=len(by_shape[result[1]]))
         jobs = [(it, shapes[it["shape_id"]], self.spec) for it in items if it["shape_id"] in shapes]
-        for result in self._map(type(self).example_job, jobs, "examples"):
+        for result in self._map(type(self).example_job, jobs, f"{split} examples"):
             if result[0] == "ok":
                 self.written[split] += 1
                 yield result[1], result[2]
             else:
                 self.skip(*result[2:])
+
+
+def _one_thread() -> None:
+    """Pool initializer: one libigl thread per worker (the pool already uses every core)."""
+    os.environ["IGL_NUM_THREADS"] = "1"

@@ -25,7 +25,7 @@ import trimesh
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from data_pipelines.synthetic.shapes import CATEGORIES, make_object
+from data_pipelines.synthetic.shapes import CATEGORIES, make_object, with_faults
 from nd3d_jax.render.camera import look_at, pinhole
 from nd3d_jax.render.maps import color_image, rasterize_views
 from nd3d_jax.render.rasterize import vertex_normals
@@ -124,12 +124,21 @@ def render_views(world_vertices, faces, colors, c2w, size: int) -> np.ndarray:
 
 
 def write_object(
-    root: str, category: str, index: int, seed: int, num_views: int = 8, image_size: int = 128
+    root: str,
+    category: str,
+    index: int,
+    seed: int,
+    num_views: int = 8,
+    image_size: int = 128,
+    faults: tuple[str, ...] = (),
 ) -> str:
-    """Writes one object in all three parts of the layout; returns its name `<cat>_<NNN>`."""
+    """Writes one object in all three parts of the layout; returns its name `<cat>_<NNN>`.
+    The scan has `faults` (of `shapes.FAULTS`); renders and point clouds show the intact
+    object."""
     name = f"{category}_{index:03d}"
     mesh = make_object(category, seed)
-    write_scan(mesh, os.path.join(root, "raw_scans", category, name, "Scan"))
+    scan = with_faults(mesh, faults, seed) if faults else mesh
+    write_scan(scan, os.path.join(root, "raw_scans", category, name, "Scan"))
 
     # Renders, exactly as the dataset's script frames the imported scan.
     x, y, z = np.asarray(mesh.vertices).T
@@ -174,15 +183,17 @@ def write_omniobject3d(
     image_size: int = 128,
     categories: tuple[str, ...] = CATEGORIES,
     log=print,
+    faults: dict[int, tuple[str, ...]] | None = None,
 ) -> list[str]:
-    """Writes `num_objects` objects, cycling through `categories`; returns `<cat>/<name>`s."""
+    """Writes `num_objects` objects, cycling through `categories`; returns `<cat>/<name>`s.
+    `faults` {object index: names from `shapes.FAULTS`} gives those scans real scans' faults."""
     if num_objects < 1:
         raise ValueError(f"num_objects must be >= 1, got {num_objects}")
     written = []
     for i in range(num_objects):
         category = categories[i % len(categories)]
         name = write_object(out_dir, category, i // len(categories) + 1, seed * 100003 + i,
-                            num_views, image_size)  # fmt: skip
+                            num_views, image_size, (faults or {}).get(i, ()))  # fmt: skip
         written.append(f"{category}/{name}")
         log(f"[omniobject3d {i + 1}/{num_objects}] {category}/{name}")
     return written

@@ -27,7 +27,7 @@ from PIL import Image
 
 from data_pipelines.cameras import pix3d_c2w, pix3d_focal_pixels
 from data_pipelines.synthetic.omniobject3d import render_rgba
-from data_pipelines.synthetic.shapes import make_object
+from data_pipelines.synthetic.shapes import make_object, with_faults
 from nd3d_jax.render.camera import Camera
 
 PIX3D_CATEGORIES = ("bed", "bookcase", "chair", "desk", "misc", "sofa", "table", "tool", "wardrobe")
@@ -50,15 +50,16 @@ def model_frame(mesh: trimesh.Trimesh, rng: np.random.Generator) -> trimesh.Trim
     return out
 
 
-def write_model(mesh: trimesh.Trimesh, model_dir: str) -> np.ndarray:
-    """model.obj (vertex colours), 3d_keypoints.txt (box corners) and voxel.mat; returns the
-    3D key points."""
+def write_model(mesh: trimesh.Trimesh, model_dir: str, faults=(), seed: int = 0) -> np.ndarray:
+    """model.obj (vertex colours, with `faults` of `shapes.FAULTS`), 3d_keypoints.txt (box
+    corners) and voxel.mat (of the intact mesh); returns the 3D key points."""
     os.makedirs(model_dir, exist_ok=True)
     colors = mesh.visual.vertex_colors[:, :3] / 255.0
     lines = ["# synthetic Pix3D model"]
     lines += [f"v {a:.6f} {b:.6f} {c:.6f} {r:.4f} {g:.4f} {bb:.4f}"
               for (a, b, c), (r, g, bb) in zip(mesh.vertices, colors, strict=True)]  # fmt: skip
-    lines += [f"f {a} {b} {c}" for a, b, c in np.asarray(mesh.faces) + 1]
+    faces = with_faults(mesh, faults, seed).faces if faults else mesh.faces
+    lines += [f"f {a} {b} {c}" for a, b, c in np.asarray(faces) + 1]
     with open(os.path.join(model_dir, "model.obj"), "w") as f:
         f.write("\n".join(lines) + "\n")
     lo, hi = mesh.bounds
@@ -137,8 +138,12 @@ def write_pix3d(
     image_size: int = 128,
     categories: tuple[str, ...] = PIX3D_CATEGORIES,
     log=print,
+    faults: dict[int, tuple[str, ...]] | None = None,
 ) -> list[str]:
-    """Writes `num_objects` models with `num_views` photos each; returns the image paths."""
+    """Writes `num_objects` models with `num_views` photos each; returns the image paths.
+
+    `faults` {model index: names from `shapes.FAULTS`} writes those models' OBJ files with the
+    faults of real models (the photos show the intact object, as real photos do)."""
     if num_objects < 1 or num_views < 1:
         raise ValueError(f"num_objects and num_views must be >= 1, got {num_objects}, {num_views}")
     entries, counters = [], {}
@@ -148,7 +153,8 @@ def write_pix3d(
         mesh = model_frame(make_object(category, seed * 7919 + i), rng)
         model_name = f"SYN_{category.upper()}_{i // len(categories) + 1}"
         model_rel = f"model/{category}/{model_name}"
-        corners = write_model(mesh, os.path.join(out_dir, model_rel))
+        corners = write_model(mesh, os.path.join(out_dir, model_rel),
+                              (faults or {}).get(i, ()), seed=seed * 7919 + i)  # fmt: skip
         for _ in range(num_views):
             counters[category] = counters.get(category, 0) + 1
             ident = f"{counters[category]:04d}"

@@ -188,3 +188,41 @@ def make_object(category: str, seed: int) -> trimesh.Trimesh:
     mesh = parts.mesh()
     mesh.apply_translation([0, 0, -mesh.bounds[0, 2]])  # stand on the floor
     return mesh
+
+
+# The faults of real meshes (Pix3D's IKEA models face inward; scans have holes, mixed
+# orientation and repeated faces), applied to the faces only: vertices and colours are kept.
+FAULTS = ("inverted", "mixed", "holes", "duplicates")
+
+
+def with_faults(mesh: trimesh.Trimesh, faults, seed: int = 0) -> trimesh.Trimesh:
+    """`mesh` with some of FAULTS, identical for the same seed.
+
+    - inverted: every face's winding reversed (the volume becomes negative);
+    - mixed: 40% of the faces reversed at random;
+    - holes: 1% of the faces (at least one) removed, each a small hole: picked among the
+      quarter of the faces with the smallest area;
+    - duplicates: 5% of the faces (at least one) repeated, every other copy reversed.
+    """
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
+    rng = np.random.default_rng(seed)
+    faces = np.asarray(mesh.faces).copy()
+    if "inverted" in faults:
+        faces = faces[:, ::-1]
+    if "mixed" in faults:
+        flip = rng.random(len(faces)) < 0.4
+        faces = np.where(flip[:, None], faces[:, ::-1], faces)
+    if "holes" in faults:
+        area = trimesh.triangles.area(np.asarray(mesh.vertices)[faces])
+        small = np.argsort(area, kind="stable")[: max(1, len(faces) // 4)]
+        gone = rng.choice(small, max(1, len(faces) // 100), replace=False)
+        faces = np.delete(faces, gone, axis=0)
+    if "duplicates" in faults:
+        copies = faces[rng.choice(len(faces), max(1, len(faces) // 20), replace=False)]
+        copies[1::2] = copies[1::2, ::-1]
+        faces = np.concatenate([faces, copies])
+    out = trimesh.Trimesh(np.asarray(mesh.vertices), faces, process=False)
+    out.visual.vertex_colors = np.asarray(mesh.visual.vertex_colors)
+    return out

@@ -21,7 +21,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from nd3d_jax import diffusion
 from nd3d_jax.errors import UserError
@@ -154,7 +153,7 @@ class NeuroDiff3DStage:
         for path, (name, loader) in loaders.items():
             if m[name].path:
                 folder = require_folder(w, m[name].path, f"model.{name}.path")
-                out[path] = jax.tree.map(np.asarray, loader(folder)[1])
+                out[path] = loader(folder, host=True)[1]
         return out
 
     def semantic_from_clip(self, semantic_params, clip_params):

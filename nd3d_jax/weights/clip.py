@@ -25,7 +25,7 @@ from nd3d_jax.weights.io import (
     read_config,
     read_safetensors,
 )
-from nd3d_jax.weights.orbax_io import is_converted, restore
+from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
 _LINEAR = re.compile(r"(q_proj|k_proj|v_proj|out_proj|fc1|fc2|text_projection|visual_projection)$")
 _NORM = re.compile(r"(layer_norm\d?|final_layer_norm|pre_layrnorm|post_layernorm)$")
@@ -82,22 +82,17 @@ def check_model_type(hf: dict, folder: str, want: str) -> None:
         )
 
 
-def load_clip(path: str, dtype=jnp.float32) -> tuple[CLIPModel, dict]:
-    """`(module, params)` from a `CLIPModel.save_pretrained` folder or a converted checkpoint."""
+def load_clip(path: str, dtype=jnp.float32, host: bool = False) -> tuple[CLIPModel, dict]:
+    """`(module, params)` from a `CLIPModel.save_pretrained` folder or a converted checkpoint
+    (`host`: numpy arrays, for placing straight into shardings)."""
     if is_converted(path):
-        return restore(path, "clip", build_clip, dtype)
+        return restore(path, "clip", build_clip, dtype, host)
     hf = read_config(path)
     check_model_type(hf, path, "clip")
     module, dummy = build_clip(hf, dtype)
     expected = expected_shapes(module, *dummy)
     params = build_tree(read_safetensors(path), clip_rename, expected, source=path)
-    return module, _to_jnp(params)
-
-
-def _to_jnp(tree):
-    import jax
-
-    return jax.tree.map(jnp.asarray, tree)
+    return module, to_arrays(params, host)
 
 
 class CLIPTokenizer:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,7 +25,7 @@ from nd3d_jax.weights.io import (
     read_config,
     read_safetensors,
 )
-from nd3d_jax.weights.orbax_io import is_converted, restore
+from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
 _CONTAINER = re.compile(r"^(down_blocks_\d+|up_blocks_\d+|mid_block|time_embedding)$")
 _OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out"}
@@ -68,9 +67,11 @@ def diffusers_rename(key: str, prefix: str = "") -> Target:
     return Target((*merged, leaf))
 
 
-def _load(path: str, class_name: str, build: Callable, prefix: str = "", dtype=jnp.float32):
+def _load(
+    path: str, class_name: str, build: Callable, prefix: str = "", dtype=jnp.float32, host=False
+):
     if is_converted(path):
-        return restore(path, class_name, build, dtype)
+        return restore(path, class_name, build, dtype, host)
     hf = read_config(path)
     if hf.get("_class_name") != class_name:
         got = hf.get("_class_name") or hf.get("model_type")
@@ -84,7 +85,7 @@ def _load(path: str, class_name: str, build: Callable, prefix: str = "", dtype=j
     expected = expected_shapes(module, *dummy)
     rename = lambda k: diffusers_rename(k, prefix)  # noqa: E731
     params = build_tree(read_safetensors(path), rename, expected, source=path)
-    return module, jax.tree.map(jnp.asarray, params)
+    return module, to_arrays(params, host)
 
 
 def build_vae(hf: dict, dtype=jnp.float32):
@@ -116,16 +117,16 @@ def build_t2i_adapter(hf: dict, dtype=jnp.float32):
     return T2IAdapter(c, dtype), (jnp.zeros((1, size, size, c.in_channels)),)
 
 
-def load_vae(path: str, dtype=jnp.float32):
+def load_vae(path: str, dtype=jnp.float32, host: bool = False):
     """`(AutoencoderKL module, params)` from a diffusers `AutoencoderKL` folder."""
-    return _load(path, "AutoencoderKL", build_vae, dtype=dtype)
+    return _load(path, "AutoencoderKL", build_vae, dtype=dtype, host=host)
 
 
-def load_unet(path: str, dtype=jnp.float32):
+def load_unet(path: str, dtype=jnp.float32, host: bool = False):
     """`(UNet module, params)` from a diffusers `UNet2DConditionModel` folder."""
-    return _load(path, "UNet2DConditionModel", build_unet, dtype=dtype)
+    return _load(path, "UNet2DConditionModel", build_unet, dtype=dtype, host=host)
 
 
-def load_t2i_adapter(path: str, dtype=jnp.float32):
+def load_t2i_adapter(path: str, dtype=jnp.float32, host: bool = False):
     """`(T2IAdapter module, params)` from a diffusers `T2IAdapter` folder (full adapter)."""
-    return _load(path, "T2IAdapter", build_t2i_adapter, prefix="adapter.", dtype=dtype)
+    return _load(path, "T2IAdapter", build_t2i_adapter, prefix="adapter.", dtype=dtype, host=host)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nd3d_jax.weights.io import WeightImportError, expected_shapes, read_config
 
@@ -58,9 +59,10 @@ def write(params, src: str, out: str, kind: str, dtype=jnp.float32) -> None:
         json.dump({"kind": kind, "source": os.path.abspath(src), "dtype": jnp.dtype(dtype).name}, f)
 
 
-def restore(path: str, kind: str, build: Build, dtype=jnp.float32):
+def restore(path: str, kind: str, build: Build, dtype=jnp.float32, host: bool = False):
     """`(module, float32 params)` from a converted folder holding `kind`; `build` makes the
-    module (compute `dtype`) and its dummy init inputs from the folder's `config.json`."""
+    module (compute `dtype`) and its dummy init inputs from the folder's `config.json`.
+    `host`: numpy arrays (nothing placed on a device)."""
     import orbax.checkpoint as ocp
 
     with open(os.path.join(path, MARKER)) as f:
@@ -68,10 +70,20 @@ def restore(path: str, kind: str, build: Build, dtype=jnp.float32):
     if meta["kind"] != kind:
         raise WeightImportError(f"{path}: holds a converted {meta['kind']!r}, expected {kind!r}")
     module, dummy = build(read_config(path), dtype)
+    saved = jnp.dtype(meta["dtype"])
     abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(meta["dtype"])),
+        (lambda s: np.zeros(s.shape, saved))
+        if host
+        else (lambda s: jax.ShapeDtypeStruct(s.shape, saved)),
         expected_shapes(module, *dummy),
     )
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(os.path.join(os.path.abspath(path), "params"), abstract)
-    return module, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    return module, to_arrays(params, host)
+
+
+def to_arrays(params, host: bool):
+    """float32 numpy arrays on the host (`host`), else jax arrays on the default device."""
+    if host:
+        return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)

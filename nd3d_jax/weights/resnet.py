@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,7 +29,7 @@ from nd3d_jax.weights.io import (
     read_config,
     read_safetensors,
 )
-from nd3d_jax.weights.orbax_io import is_converted, restore
+from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _MODULE = re.compile(
@@ -74,7 +73,7 @@ def build_resnet(hf: dict, dtype=jnp.float32):
     return module, (np.zeros((1, 64, 64, cfg.num_channels), np.float32),)
 
 
-def load_resnet(path: str, dtype=jnp.float32) -> tuple[ResNet, dict]:
+def load_resnet(path: str, dtype=jnp.float32, host: bool = False) -> tuple[ResNet, dict]:
     """(module, params) from a `save_pretrained` ResNet folder (config.json + safetensors).
 
     `dtype` is the compute dtype of the module; parameters are kept in float32 so BN statistics
@@ -82,7 +81,7 @@ def load_resnet(path: str, dtype=jnp.float32) -> tuple[ResNet, dict]:
     `python -m nd3d_jax.weights.convert` loads too.
     """
     if is_converted(path):
-        return restore(path, "resnet", build_resnet, dtype)
+        return restore(path, "resnet", build_resnet, dtype, host)
     config = read_config(path)
     model_type = config.get("model_type")
     if model_type != "resnet":
@@ -94,4 +93,4 @@ def load_resnet(path: str, dtype=jnp.float32) -> tuple[ResNet, dict]:
     expected = expected_shapes(module, *dummy)
     state = read_safetensors(path)
     params = build_tree(state, resnet_rename, expected, source=path)
-    return module, jax.tree.map(jnp.asarray, params)
+    return module, to_arrays(params, host)
