@@ -93,9 +93,7 @@ def suite(opts: BenchOptions) -> list[Record]:
         ts = train_state.create(stage, config, mesh, sharding.DEFAULT_RULES, log=lambda *a: None)
         batch_size = config.data.batch_size
         host = synthetic_batch(config, batch_size)
-        step_fn = train_lib.make_train_step(
-            stage, ts.tx, ts.mask, config.optim.ema_decay, ts.schedule
-        )
+        step_fn = train_lib.make_train_step(stage, ts.tx, ts.mask, config.optim, ts.schedule)
         compiled = train_lib.compile_step(
             step_fn, ts.state, ts.shardings, host, mesh, batch_size, log=lambda *a: None
         )

@@ -160,18 +160,40 @@ def tokenizer(config, data_dir: str):
 
 def synthetic(d, cache: str) -> str:
     """The tfds folder of a synthetic `d.dataset` with `d.synthetic_objects` objects, written
-    and prepared into `cache` on first use."""
+    and prepared into `cache` on first use (by process 0; the others wait). The raw data set is
+    written into a temporary folder and renamed when complete, so an interrupted run never
+    leaves half a data set behind."""
+    import jax
+
+    data_dir = os.path.join(cache, "tfds")
+    if jax.process_index() == 0:
+        _write_synthetic(d, cache, data_dir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("synthetic data set ready")
+    return data_dir
+
+
+def _write_synthetic(d, cache: str, data_dir: str) -> None:
+    import shutil
+    import tempfile
+
     from data_pipelines.prepare import prepare
-    from data_pipelines.synthetic.__main__ import main as write_synthetic
+    from data_pipelines.synthetic.omniobject3d import write_omniobject3d
+    from data_pipelines.synthetic.pix3d import write_pix3d
 
     manual = os.path.join(cache, f"{d.dataset}_{d.synthetic_objects}")
-    data_dir = os.path.join(cache, "tfds")
     if not os.path.isdir(manual):
         LOG.info("writing a synthetic %s data set to %s", d.dataset, manual)
-        write_synthetic(
-            [f"--layout={d.dataset}", f"--out={manual}", f"--num_objects={d.synthetic_objects}"]
-        )
+        os.makedirs(cache, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{d.dataset}_", dir=cache)
+        try:
+            writer = write_pix3d if d.dataset == "pix3d" else write_omniobject3d
+            writer(tmp, d.synthetic_objects, log=LOG.info)
+            os.rename(tmp, manual)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not os.path.isdir(os.path.join(data_dir, d.dataset, d.config_name)):
         loader.silence_variant_probe()
         prepare(d.dataset, manual, data_dir, config=d.config_name, log=LOG.info)
-    return data_dir

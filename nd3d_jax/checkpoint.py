@@ -61,6 +61,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def latest_step(directory: str) -> int | None:
+    """The newest complete checkpoint step in `directory` (None when there is none); creates
+    nothing."""
+    if not os.path.isdir(directory):
+        return None
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    with ocp.CheckpointManager(os.path.abspath(directory), options=options) as manager:
+        return manager.latest_step()
+
+
 def abstract_like(tree, shardings):
     """ShapeDtypeStructs of `tree` carrying `shardings` (restore targets)."""
     return jax.tree.map(

@@ -218,6 +218,14 @@ def check_command(config: ml_collections.ConfigDict, command: str | None) -> Non
 # ------------------------------------------------------------------------ workdir
 # Keys that change the model or its parameter shapes: a workdir's checkpoints only fit these.
 MODEL_KEYS = ("stage", "model", "schedule", "data.dataset")
+# keys under MODEL_KEYS that change neither parameters nor the checkpointed state
+STATE_NEUTRAL = ("model.remat", "model.dtype")
+# optimizer settings that change the state's structure, compared as these predicates
+STATE_SHAPING = {
+    "optim.ema_decay": ("> 0", lambda v: v > 0),
+    "optim.clip_norm": ("> 0", lambda v: v > 0),
+    "optim.grad_accum_steps": ("> 1", lambda v: v > 1),
+}
 
 
 def _flat(x, prefix: str = "") -> dict:
@@ -259,8 +267,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         old_v, new_v = (_flat(_get_dict(d, key), key + ".") for d in (saved, new))
         for k in sorted(set(old_v) | set(new_v)):
             a, b = old_v.get(k, "<absent>"), new_v.get(k, "<absent>")
-            if a != b:
+            if a != b and k not in STATE_NEUTRAL:
                 diffs.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
+    for key, (what, shapes_state) in STATE_SHAPING.items():
+        a, b = _get_dict(saved, key), _get_dict(new, key)
+        if a is not None and b is not None and shapes_state(a) != shapes_state(b):
+            diffs.append(f"{key}: {json.dumps(a)} -> {json.dumps(b)} ({what} changes the state)")
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
         raise UserError(

@@ -15,13 +15,19 @@ import ml_collections
 import optax
 
 
-def learning_rate(c: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warm-up to `lr`, then cosine decay to `lr * end_lr_fraction` at `total_steps`."""
+def updates(c: ml_collections.ConfigDict, total_steps: int) -> int:
+    """Optimizer updates in `total_steps` micro-steps (gradient accumulation)."""
+    return max(1, total_steps // max(1, c.grad_accum_steps))
+
+
+def learning_rate(c: ml_collections.ConfigDict, total_updates: int) -> optax.Schedule:
+    """Linear warm-up to `lr` over `warmup_steps` updates, then cosine decay to
+    `lr * end_lr_fraction` at `total_updates` (a function of the update count)."""
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=c.lr,
         warmup_steps=c.warmup_steps,
-        decay_steps=max(total_steps, c.warmup_steps + 1),
+        decay_steps=max(total_updates, c.warmup_steps + 1),
         end_value=c.lr * c.end_lr_fraction,
     )
 
@@ -29,8 +35,14 @@ def learning_rate(c: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
 def make_optimizer(
     c: ml_collections.ConfigDict, trainable_mask, total_steps: int
 ) -> optax.GradientTransformation:
+    """AdamW (+ clipping) on the trainable leaves; with `grad_accum_steps` = k > 1 the updates
+    are k micro-steps apart, so the schedule runs over `total_steps // k` updates."""
     adamw = optax.adamw(
-        learning_rate(c, total_steps), b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay
+        learning_rate(c, updates(c, total_steps)),
+        b1=c.b1,
+        b2=c.b2,
+        eps=c.eps,
+        weight_decay=c.weight_decay,
     )
     inner = optax.chain(optax.clip_by_global_norm(c.clip_norm), adamw) if c.clip_norm else adamw
     labels = jax.tree.map(lambda m: "train" if m else "freeze", trainable_mask)
@@ -57,10 +69,19 @@ def merge(tree, sub):
     return {k: merge(v, sub[k]) if k in sub else v for k, v in tree.items()}
 
 
-def ema_update(ema, params, trainable_mask, decay: float):
-    """EMA over the trainable leaves only (`ema` is `trainable(params, mask)`)."""
+def ema_decay(decay: float, update) -> jax.Array:
+    """The EMA's decay after `update` optimizer updates, warmed up as diffusers' EMAModel does,
+    min(decay, (1 + n) / (10 + n)), so early averages are not dominated by the init."""
+    n = jnp.asarray(update, jnp.float32)
+    return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+def ema_update(ema, params, trainable_mask, decay: float, update=None):
+    """EMA over the trainable leaves only (`ema` is `trainable(params, mask)`); with `update`
+    (the number of updates so far) the decay is warmed up (`ema_decay`)."""
+    d = decay if update is None else ema_decay(decay, update)
     return jax.tree.map(
-        lambda e, p: (decay * e + (1.0 - decay) * p).astype(p.dtype),
+        lambda e, p: (d * e + (1.0 - d) * p).astype(p.dtype),
         ema,
         trainable(params, trainable_mask),
     )

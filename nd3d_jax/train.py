@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from nd3d_jax import optim, sharding, train_state
-from nd3d_jax.checkpoint import Checkpointer, abstract_like
+from nd3d_jax.checkpoint import Checkpointer, abstract_like, latest_step
 from nd3d_jax.errors import UserError
 from nd3d_jax.stages import get_stage
 
@@ -70,7 +70,12 @@ def initialize_distributed(d: ml_collections.ConfigDict) -> None:
 
 
 # ------------------------------------------------------------------------------------ step
-def make_train_step(stage, tx, mask, ema_decay: float, schedule):
+def make_train_step(stage, tx, mask, optim_config, schedule):
+    """The pure step: loss and grads (frozen leaves stop-gradient'ed), the optimizer update
+    (accumulated over `grad_accum_steps` micro-steps), the EMA of the trainable leaves after
+    each applied update, l2 norms; a non-finite step changes nothing and is counted."""
+    accum = max(1, optim_config.grad_accum_steps)
+
     def train_step(state, batch):
         key = jax.random.fold_in(state["rng"], state["step"])
 
@@ -88,6 +93,7 @@ def make_train_step(stage, tx, mask, ema_decay: float, schedule):
         def keep(new, old):  # a non-finite step changes nothing (and is counted)
             return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
+        update = state["step"] // accum  # optimizer updates so far (the schedule's step)
         new = {
             "step": state["step"] + 1,
             "params": keep(params, state["params"]),
@@ -96,13 +102,17 @@ def make_train_step(stage, tx, mask, ema_decay: float, schedule):
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
         }
         if "ema" in state:
-            new["ema"] = keep(optim.ema_update(state["ema"], params, mask, ema_decay), state["ema"])
+            applied = finite  # an update was applied (MultiSteps: its micro-step wrapped)
+            if accum > 1:
+                applied &= opt_state.mini_step == 0
+            ema = optim.ema_update(state["ema"], params, mask, optim_config.ema_decay, update)
+            new["ema"] = jax.tree.map(lambda a, b: jnp.where(applied, a, b), ema, state["ema"])
         metrics = {
             **aux,
             "l2_grads": grad_norm,
             "l2_params": optim.global_norm(state["params"]),
             "l2_updates": optim.global_norm(updates),
-            "learning_rate": schedule(state["step"]),
+            "learning_rate": schedule(update),
             "skipped": new["skipped"],
         }
         return new, metrics
@@ -132,11 +142,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
 
     # a finished run returns at once ----------------------------------------------------
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), t.checkpoint_every,
-                        t.keep_checkpoints)  # fmt: skip
-    latest = ckpt.latest_step()
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    latest = latest_step(ckpt_dir)
     if latest is not None and latest >= t.total_steps and _finished(workdir):
-        ckpt.close()
         log("%s already finished at step %d (train.total_steps=%d): nothing to do", workdir,
             latest, t.total_steps)  # fmt: skip
         with open(os.path.join(workdir, "metrics.json")) as f:
@@ -148,16 +156,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         it = train_iterator(config, workdir)
 
-        # model and state (sharded init) --------------------------------------------------
-        ts = train_state.create(stage, config, mesh, rules, log)
-        state = ts.state
-        if latest is not None:
-            state = ckpt.restore(latest, abstract_like(state, ts.shardings), it)
+        # model and state: sharded init, or restored straight into its shardings ----------
+        ckpt = Checkpointer(ckpt_dir, t.checkpoint_every, t.keep_checkpoints)
+        if latest is None:
+            ts = train_state.create(stage, config, mesh, rules, log)
+        else:
+            ts = train_state.restore(stage, config, mesh, rules, ckpt, latest, it)
             log("resumed from step %d", latest)
+        state, ts.state = ts.state, None  # the loop holds the only reference (donated)
 
         # compile -------------------------------------------------------------------------
         first = _next_batch(it)
-        step_fn = make_train_step(stage, ts.tx, ts.mask, config.optim.ema_decay, ts.schedule)
+        step_fn = make_train_step(stage, ts.tx, ts.mask, config.optim, ts.schedule)
         compiled = compile_step(step_fn, state, ts.shardings, first, mesh,
                                 config.data.batch_size, log)  # fmt: skip
         preview = _previewer(stage, config, mesh) if t.preview_every else None
@@ -167,6 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # loop ----------------------------------------------------------------------------
         stop = {"signal": None}
         previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
+        stopping = _stop_agreement(stop)
         writer = _writer(workdir)
         step = int(state["step"])
         pending, preview_batch, last = first, first, {}
@@ -195,11 +206,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if preview and (step % t.preview_every == 0 or step == t.total_steps):
                     preview(state, preview_batch, workdir, step, writer)
                 # the iterator has yielded exactly the batches of steps 1..step here:
-                # checkpoint before fetching the next one (the fetch overlaps the next step)
-                ckpt.save(step, state, it)
-                if stop["signal"] is not None:
-                    log("SIGTERM at step %d: saving a checkpoint and stopping", step)
+                # checkpoint before fetching the next one (the fetch overlaps the next step);
+                # the last step and a preempted one are always saved
+                stop_now = stopping()
+                if not ckpt.save(step, state, it) and (stop_now or step == t.total_steps):
                     ckpt.save(step, state, it, force=True)
+                if stop_now:
+                    log("SIGTERM at step %d: checkpoint saved, stopping", step)
                     break
                 if step < t.total_steps:
                     pending = _next_batch(it)
@@ -215,6 +228,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def _stop_agreement(stop: dict):
+    """A function telling whether to stop after this step: a SIGTERM on any process stops
+    every process at the same step (one tiny all-gather a step in multi-process runs)."""
+    if jax.process_count() == 1:
+        return lambda: stop["signal"] is not None
+    from jax.experimental import multihost_utils
+
+    def agreed() -> bool:
+        flag = np.int32(stop["signal"] is not None)
+        return bool(np.asarray(multihost_utils.process_allgather(flag)).any())
+
+    return agreed
 
 
 def _next_batch(it) -> dict:
@@ -300,10 +327,14 @@ def _save_final(state, mask, workdir: str) -> None:
     if "ema" in state:  # the EMA of the trainable leaves, the frozen ones as they are
         params = optim.merge(params, state["ema"])
     path = os.path.join(os.path.abspath(workdir), "params_final")
-    if os.path.exists(path):
+    if os.path.exists(path) and jax.process_index() == 0:
         import shutil
 
         shutil.rmtree(path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("params_final cleared")
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, params)
     LOG.info("wrote %s", path)

@@ -115,7 +115,8 @@ def abstract_state(stage, config, mesh: Mesh, rules):
     if config.optim.ema_decay > 0:
         abstract["ema"] = optim.trainable(params, mask)
         shardings["ema"] = optim.trainable(shardings["params"], mask)
-    return abstract, shardings, tx, mask, optim.learning_rate(config.optim, total)
+    schedule = optim.learning_rate(config.optim, optim.updates(config.optim, total))
+    return abstract, shardings, tx, mask, schedule
 
 
 def random_init(stage, shardings, skip: set[Path]):
@@ -138,7 +139,12 @@ def init_params(stage, key, shardings, abstract, pretrained: dict[Path, dict]):
     if ("conditioning", "clip") in pretrained:  # SemanticEncoder layers from CLIP (docs/design.md)
         sem_path = ("conditioning", "semantic_encoder")
         sem = stage.semantic_from_clip(_get(params, sem_path), pretrained[("conditioning", "clip")])
-        sem = _cast_like(jax.tree.map(np.asarray, sem), _get(abstract, sem_path), sem_path)
+        # the leaves taken from CLIP are host arrays; the others stay the sharded random ones
+        sem = jax.tree.map(
+            lambda x, a: x if isinstance(x, jax.Array) else np.asarray(x).astype(a.dtype),
+            sem,
+            _get(abstract, sem_path),
+        )
         params = _with(params, sem_path, place(sem, _get(shardings, sem_path)))
     return params
 
@@ -159,6 +165,16 @@ def init_rest(config, tx, mask, shardings):
         return out
 
     return jax.jit(rest, out_shardings={k: v for k, v in shardings.items() if k != "params"})
+
+
+def restore(stage, config, mesh: Mesh, rules, checkpointer, step: int, data_iterator):
+    """The state of checkpoint `step` restored straight into this mesh's shardings (no value
+    init, no pretrained folders read: nothing is held twice)."""
+    from nd3d_jax.checkpoint import abstract_like
+
+    abstract, shardings, tx, mask, schedule = abstract_state(stage, config, mesh, rules)
+    state = checkpointer.restore(step, abstract_like(abstract, shardings), data_iterator)
+    return TrainState(state, shardings, tx, mask, schedule)
 
 
 def create(stage, config, mesh: Mesh, rules, log=LOG.info) -> TrainState:

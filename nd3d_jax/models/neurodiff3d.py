@@ -33,6 +33,9 @@ from nd3d_jax.models.vae import AutoencoderKL, VAEConfig, sample_latent
 # Paper, "Data preprocessing": CLIP's mean and std over [0, 1] pixel values.
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+# ResNet-18's pretraining (ImageNet) statistics, for the texture map T fed to f_tex
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,10 @@ class NeuroDiff3DConfig:
             out.append(f"adapter downscale_factor {a.downscale_factor} != latent {self.factor}")
         if len(a.channels) != len(u.block_out_channels):
             out.append("adapter levels != UNet levels")
+        if self.grid_rows != self.grid_cols:
+            out.append(f"grid {self.grid_rows} x {self.grid_cols} is not square")
+        if self.tile_size % self.factor:
+            out.append(f"tile_size {self.tile_size} is not a multiple of the latent factor")
         if self.grid_size % (self.factor * 2 ** (len(u.block_out_channels) - 1)):
             out.append(f"grid size {self.grid_size} does not fit the latent factor and levels")
         if self.semantic_length > 64:
@@ -195,7 +202,7 @@ class NeuroDiff3D(nn.Module):
             "semantic_ids": batch["semantic_ids"],
             "semantic_mask": batch["semantic_mask"],
             "pixel_values": clip_pixels(batch["image"], c.conditioning.clip.vision.image_size),
-            "texture_map": texture_map,
+            "texture_map": (texture_map - IMAGENET_MEAN) / IMAGENET_STD,
             "faces": {k.split("/")[1]: v for k, v in batch.items() if k.startswith("faces/")},
         }
         f_fusion = self.conditioning(inputs)["f_fusion"]
