@@ -42,7 +42,8 @@ setup(
         "array-record>=0.8.6,<0.9",
         "grain>=0.2.18,<0.3",
         "tqdm>=4.67,<5",
-        "tensorboard>=2.20,<3",  # the trainer's event files (tf.summary needs it)
+        "tensorboard>=2.20,<3",  # to view the trainer's event files
+        "tensorboardX>=2.6.5,<2.7",  # writes them without importing TensorFlow
         # Weight import: safetensors reads checkpoints; transformers only for the CLIP tokenizer.
         "safetensors>=0.8,<0.9",
         "transformers>=5.24,<6",

@@ -8,7 +8,7 @@ samples, condition mesh). --quick: 10k faces, 1024 queries.
 
 Loader: writes a synthetic Pix3D set in a temporary folder, prepares it with the real builder
 (the paper-size `default` config: 512 x 512 images, 4096 surface points, 6144 SDF queries;
-`tiny` with --quick) and times batches of the training pipeline (decode, CLIP normalisation,
+`tiny` with --quick) and times batches of the training pipeline (decode,
 random flip, batching). The 2-thread row lists the 1-thread row as its reference.
 """
 

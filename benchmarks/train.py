@@ -46,8 +46,9 @@ def synthetic_batch(config, batch: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     m, d = config.model, config.data
     g, k = m.tile_size * m.grid_cols, m.grid_rows * m.grid_cols
-    v, f = uv_sphere()
     n_f, n_v = d.max_faces, 3 * d.max_faces
+    rows = int((1 + (1 + n_f) ** 0.5) / 2)  # 4 rows (rows - 1) faces <= max_faces
+    v, f = uv_sphere(rows, 2 * rows)
     one = {
         "mesh_vertices": np.zeros((n_v, 3), np.float32),
         "mesh_colors": np.zeros((n_v, 3), np.float32),

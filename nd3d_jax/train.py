@@ -1,9 +1,15 @@
-"""`python -m nd3d_jax.train --config=configs/X.py[:variant] --workdir=DIR [--config.a.b=v ...]`
+"""Trains NeuroDiff3D (or resumes a run) in WORKDIR.
+
+    python -m nd3d_jax.train --config=configs/demo.py --workdir=out/demo
+    python -m nd3d_jax.train --config=configs/neurodiff3d.py:dataset=pix3d --workdir=DIR \
+        --config.data.data_dir=TFDS_DIR --config.weights_dir=WEIGHTS [--config.a.b=value ...]
 
 One pure `train_step`, compiled ahead of time with explicit shardings over a ('data', 'fsdp')
-mesh, state donated. The workdir gets `checkpoints/` (orbax, with the grain iterator state;
-a rerun resumes from the latest), `tensorboard/`, `previews/step_*.png` and, at the end,
-`params_final/` (orbax; the EMA parameters when the EMA is on).
+mesh, state donated; the state is initialised sharded (`nd3d_jax.train_state`). WORKDIR gets
+`config.json` and `run.json` (the resolved config, command line, versions, devices),
+`checkpoints/` (orbax, with the grain iterator state; a rerun resumes from the latest, a
+finished run returns at once), `tensorboard/`, `previews/step_*.png`, `metrics.json` and, at
+the end, `params_final/` (orbax; the EMA of the trainable parameters when the EMA is on).
 """
 
 from __future__ import annotations
@@ -379,23 +385,21 @@ def _previewer(stage, config, mesh):
 
 
 class _Writer:
-    """TensorBoard event files (process 0), written with tf.summary (TF is a dependency)."""
+    """TensorBoard event files (process 0), written with tensorboardX (no TensorFlow import
+    on the training path)."""
 
     def __init__(self, workdir: str):
-        import tensorflow as tf
+        from tensorboardX import SummaryWriter
 
-        self.tf = tf
-        self.w = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self.w = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30)
 
     def write_scalars(self, step, scalars):
-        with self.w.as_default(step=step):
-            for k, v in scalars.items():
-                self.tf.summary.scalar(k, v)
+        for k, v in scalars.items():
+            self.w.add_scalar(k, v, step)
 
     def write_images(self, step, images):
-        with self.w.as_default(step=step):
-            for k, v in images.items():
-                self.tf.summary.image(k, v)
+        for k, v in images.items():  # (1, H, W, 3) uint8
+            self.w.add_image(k, v[0], step, dataformats="HWC")
 
     def flush(self):
         self.w.flush()

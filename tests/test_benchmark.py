@@ -74,9 +74,12 @@ def test_geometry_suite_quick():
 
 def test_data_suite_quick():
     records = benchmark.run_suites(["data"], BenchOptions(quick=True, repeats=2, warmup=0))
-    assert [r.name for r in records] == ["loader_pix3d_tiny_1thread", "loader_pix3d_tiny_2thread"]
-    assert all(r.throughput > 0 and r.throughput_unit == "examples/s" for r in records)
-    assert records[1].reference_median_s == records[0].median_s and records[1].ratio > 0
+    signs, *loader = records
+    assert signs.name.startswith("sdf_signs_") and "exact" in signs.reference and signs.ratio > 0
+    assert "signs equal exact: True" in signs.shape
+    assert [r.name for r in loader] == ["loader_pix3d_tiny_1thread", "loader_pix3d_tiny_2thread"]
+    assert all(r.throughput > 0 and r.throughput_unit == "examples/s" for r in loader)
+    assert loader[1].reference_median_s == loader[0].median_s and loader[1].ratio > 0
 
 
 def test_encoders_suite_quick():
@@ -99,6 +102,6 @@ def test_diffusion_suite_quick():
 
 def test_train_suite_quick():
     records = benchmark.run_suites(["train"], BenchOptions(quick=True, repeats=1, warmup=1))
-    assert [r.name for r in records] == ["train_step_demo"]
+    assert [r.name for r in records] == ["train_step_demo_tiny"]
     assert records[0].median_s > 0 and records[0].throughput_unit == "examples/s"
     assert "MFU n/a" in records[0].shape  # no peak FLOP/s known for CPUs
