@@ -51,6 +51,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=9,<10",
+            "pytest-xdist>=3.8,<4",  # two workers: the suite is compile-bound, one core each
             "ruff>=0.17.6,<0.18",
             "scikit-image>=0.26,<0.27",
             "embreex>=4.4,<5",

@@ -4,7 +4,7 @@ SDF signs: seconds per shape to decide inside/outside for the 6144 SDF queries o
 (default config) on spheres of about 10k, 100k and 330k faces (raw scans are ~330k), on one
 libigl thread: the fast winding number against the exact O(points x faces) sum in the same
 run, and the whole preparation of a 330k-face shape (orientation repair, surface and SDF
-samples, condition mesh). --quick: 10k faces, 1024 queries.
+samples, condition mesh). --quick: 2k faces, 512 queries.
 
 Loader: writes a synthetic Pix3D set in a temporary folder, prepares it with the real builder
 (the paper-size `default` config: 512 x 512 images, 4096 surface points, 6144 SDF queries;
@@ -43,9 +43,9 @@ def _sphere(faces: int) -> trimesh.Trimesh:
 def sign_suite(opts: BenchOptions) -> list[Record]:
     """Seconds per shape for the SDF signs, fast vs exact winding number, one thread."""
     os.environ["IGL_NUM_THREADS"] = "1"  # read by libigl at its first parallel call
-    queries = 1024 if opts.quick else SDF_QUERIES
+    queries = 512 if opts.quick else SDF_QUERIES
     records = []
-    for target in SIGN_FACES[:1] if opts.quick else SIGN_FACES:
+    for target in (2_000,) if opts.quick else SIGN_FACES:
         mesh = _sphere(target)
         near = shape_samples(mesh, num_surface=1, num_near=queries * 2 // 3,
                              num_uniform=queries - queries * 2 // 3).sdf_points  # fmt: skip
@@ -86,7 +86,8 @@ def loader_suite(opts: BenchOptions) -> list[Record]:
     quiet = lambda msg: None  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         raw, data_dir = os.path.join(tmp, "raw"), os.path.join(tmp, "tfds")
-        write_pix3d(raw, 6, num_views=2, image_size=48 if opts.quick else 256, log=quiet)
+        write_pix3d(raw, 3 if opts.quick else 6, num_views=2,
+                    image_size=48 if opts.quick else 256, log=quiet)  # fmt: skip
         prepare("pix3d", raw, data_dir, config=config, log=quiet)
         source = data_source(data_dir, "pix3d", "train", config=config)
         records = []
