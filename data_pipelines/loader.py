@@ -59,12 +59,16 @@ def data_source(data_dir: str, dataset: str, split: str = "train", config: str =
 
 
 class _VariantProbeFilter(logging.Filter):
-    """Drops tfds' "Variant folder ... has no dataset_info.json": `builder.is_prepared()`
-    (`prepare`, before a data set is written) probes the version folder and warns that it is
-    not there yet, which is expected, not a problem."""
+    """Drops two tfds notes that are expected here, not problems: "Variant folder ... has no
+    dataset_info.json" (`builder.is_prepared()` probes the version folder before a data set is
+    written) and "OpenCV is not installed ... Defaulting to PIL" (PIL decodes our images)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Variant folder %s has no")
+        message = str(record.msg)
+        return not (
+            message.startswith("Variant folder %s has no")
+            or message.startswith("OpenCV is not installed")
+        )
 
 
 _PROBE_FILTER = _VariantProbeFilter()

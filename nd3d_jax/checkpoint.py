@@ -12,6 +12,7 @@ process, so every host resumes its shard where it stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import grain
@@ -26,9 +27,15 @@ def _serial_replicas_on_cpu() -> None:
     if jax.default_backend() == "cpu":
         from orbax.checkpoint import type_handlers
 
-        type_handlers.register_type_handler(
-            jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-        )
+        absl = logging.getLogger("absl")  # orbax warns on every override; this one is ours
+        level = absl.level
+        absl.setLevel(logging.ERROR)
+        try:
+            type_handlers.register_type_handler(
+                jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+            )
+        finally:
+            absl.setLevel(level)
 
 
 class Checkpointer:
