@@ -22,7 +22,12 @@ demo: $(STAMP)
 refine-demo: $(STAMP)
 	$(BIN)/python -m nd3d_jax.refine_demo --config=configs/refine_demo.py --workdir=out/refine_demo
 
-test: $(STAMP)
+# The Khronos glTF validator, which the tests run on every GLB we write.
+GLTF_VALIDATOR := .tools/node_modules/gltf-validator/package.json
+$(GLTF_VALIDATOR):
+	npm install --prefix .tools --no-audit --no-fund --silent gltf-validator@2.0.0-dev.3.10
+
+test: $(STAMP) $(GLTF_VALIDATOR)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --durations=15 tests
@@ -36,4 +41,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools out .pytest_cache .ruff_cache *.egg-info

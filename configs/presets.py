@@ -73,3 +73,43 @@ PAPER_WEIGHTS = dict(
     unet="stable-diffusion-v1-5/unet",
     vae="stable-diffusion-v1-5/vae",
 )
+
+# ------------------------------------------------------------------------------- Shap-E (P1)
+# Tiny pipelines in diffusers' layout (sizes like diffusers' own shap_e test components), every
+# width distinct so a transposed weight fails the parity tests. 4 projected layers of 8 rows:
+# 32 latent tokens of width 16.
+TINY_SHAP_E_PRIOR = dict(
+    num_attention_heads=2, attention_head_dim=16, embedding_dim=16, num_embeddings=32,
+    embedding_proj_dim=24, time_embed_dim=64, num_layers=2, clip_embed_dim=32,
+    additional_embeddings=0, time_embed_act_fn="gelu", norm_in_type="layer",
+    encoder_hid_proj_type=None, added_emb_type=None,
+)  # fmt: skip
+TINY_SHAP_E_RENDERER = dict(
+    param_names=tuple(f"nerstf.mlp.{i}.weight" for i in range(4)),
+    param_shapes=((8, 93), (8, 8), (8, 8), (8, 8)), d_latent=16, d_hidden=8, n_output=12,
+    background=(255.0, 255.0, 255.0),
+)  # fmt: skip
+TINY_SHAP_E_TEXT = dict(
+    vocab_size=tiny_tokenizer.VOCAB_SIZE, hidden_size=20, intermediate_size=36,
+    num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16, projection_dim=24,
+    eos_token_id=tiny_tokenizer.EOS, bos_token_id=tiny_tokenizer.BOS, pad_token_id=1,
+)  # fmt: skip
+TINY_SHAP_E_VISION = dict(
+    hidden_size=24, intermediate_size=36, num_hidden_layers=2, num_attention_heads=4,
+    image_size=32, patch_size=8, projection_dim=20,
+)  # fmt: skip
+TINY_SHAP_E_IMAGE_PROCESSOR = dict(
+    crop_size=32, size=32, resample=3, do_center_crop=True, do_normalize=True,
+    image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+)  # fmt: skip
+# `openai/shap-e` and `openai/shap-e-img2img`, for random-weight runs at the real sizes.
+SHAP_E_PRIOR = dict(
+    num_attention_heads=16, attention_head_dim=64, embedding_dim=1024, num_embeddings=1024,
+    embedding_proj_dim=768, time_embed_dim=4096, num_layers=24, clip_embed_dim=2048,
+    additional_embeddings=0, time_embed_act_fn="gelu", norm_in_type="layer",
+    encoder_hid_proj_type=None, added_emb_type=None,
+)  # fmt: skip
+SHAP_E_IMG2IMG_PRIOR = derive(
+    SHAP_E_PRIOR, embedding_proj_dim=1024, embedding_proj_norm_type="layer"
+)
+SHAP_E_RENDERER = dict()  # diffusers' defaults: d_latent 1024, MLP 93 -> 256 x 6 -> 12

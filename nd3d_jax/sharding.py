@@ -36,6 +36,9 @@ DEFAULT_RULES = (
     ("conv_in", None),
     ("out", None),
     ("mlp_in", None),
+    ("latent", None),  # Shap-E latent width
+    ("vectors", None),  # Shap-E params projection rows
+    ("channels", None),
 )
 
 

@@ -25,4 +25,4 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-pytest_plugins = ["data_fixtures", "hf_fixtures"]
+pytest_plugins = ["data_fixtures", "hf_fixtures", "shap_e_fixtures"]
