@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
+from hf_fixtures import randomize_norms
 
 from configs import presets
-from hf_fixtures import randomize_norms
 
 SCHEDULER = dict(
     beta_schedule="exp",
@@ -35,8 +35,12 @@ def perturb(model, seed: int, scale: float = 0.02) -> None:
 def make_shap_e_pipeline(kind: str, seed: int = 0):
     """A random diffusers `ShapEPipeline` (kind "text") or `ShapEImg2ImgPipeline` ("image")."""
     import torch
-    from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEImg2ImgPipeline
-    from diffusers import ShapEPipeline
+    from diffusers import (
+        HeunDiscreteScheduler,
+        PriorTransformer,
+        ShapEImg2ImgPipeline,
+        ShapEPipeline,
+    )
     from diffusers.pipelines.shap_e import ShapERenderer
 
     torch.manual_seed(seed)
