@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -266,3 +267,34 @@ def load_shap_e(
 
 def _with_remat(c: PriorConfig) -> PriorConfig:
     return dataclasses.replace(c, remat=True)
+
+
+COMPONENT_LOADERS = {
+    "prior": ("shap_e_prior", load_prior),
+    "shap_e_renderer": ("shap_e_renderer", load_renderer),
+    "renderer": ("shap_e_renderer", load_renderer),
+    "text_encoder": ("clip_text_model", load_text_encoder),
+    "image_encoder": ("clip_vision_model", load_image_encoder),
+}
+COPIED = ("tokenizer", "image_processor", "scheduler")
+
+
+def convert_shap_e(src: str, out: str, dtype=jnp.float32) -> str:
+    """Writes every network of the pipeline folder `src` as an orbax checkpoint under
+    `out/<component>/` (checked key by key on the way), copies the tokenizer, image processor
+    and scheduler folders, and `model_index.json` last (a crashed conversion never loads)."""
+    from nd3d_jax.weights.orbax_io import write
+
+    kind = pipeline_kind(src)
+    if os.path.exists(os.path.join(out, "model_index.json")):
+        raise FileExistsError(f"{out}/model_index.json exists; choose another OUT folder")
+    for name in sorted(os.listdir(src)):
+        folder = os.path.join(src, name)
+        if name in COMPONENT_LOADERS and os.path.isdir(folder):
+            tag, loader = COMPONENT_LOADERS[name]
+            _, params = loader(folder, jnp.float32, host=True)
+            write(params, folder, os.path.join(out, name), tag, dtype)
+        elif name in COPIED and os.path.isdir(folder):
+            shutil.copytree(folder, os.path.join(out, name), dirs_exist_ok=True)
+    shutil.copy(os.path.join(src, "model_index.json"), os.path.join(out, "model_index.json"))
+    return f"shap_e ({kind})"
