@@ -67,6 +67,7 @@ HELP = {
     "data_pipelines.prepare": ["--dataset", "--manual_dir", "--data_dir", "--overwrite"],
     "data_pipelines.synthetic": ["--layout", "--out", "--num_objects", "--overwrite"],
     "nd3d_jax.weights.convert": ["--dtype"],
+    "nd3d_jax.prior": ["--weights", "--image", "--text", "--out", "--batch", "--grid", "--dtype"],
 }
 
 

@@ -61,6 +61,19 @@ class FieldSettings:
             raise UserError(f"field chunk must be >= 1, got {self.chunk}")
 
 
+FOLDER_HINT = {"text": "openai/shap-e", "image": "openai/shap-e-img2img"}
+
+
+def check_input(kind: str, folder: str, given: str) -> None:
+    """A text pipeline takes texts, an img2img pipeline images: a one-line error otherwise."""
+    if kind != given:
+        article = "an" if given == "image" else "a"
+        raise UserError(
+            f"{folder} is a {kind}-to-3D Shap-E pipeline; it cannot take {article} {given} "
+            f"(for {given} input use the {FOLDER_HINT[given]} folder)"
+        )
+
+
 def pooling_matrix(width: int, out: int) -> np.ndarray:
     """(width, out) averaging weights: output j is the mean of channels [j w/out, (j+1) w/out)
     (each channel's overlap with the bin, as adaptive average pooling)."""
@@ -137,16 +150,7 @@ class ShapE:
     def condition(self, image=None, text=None) -> jax.Array:
         if (image is None) == (text is None):
             raise UserError("give exactly one of image= and text=")
-        if self.kind == "text" and image is not None:
-            raise UserError(
-                f"{self.folder} is a text-to-3D Shap-E (ShapEPipeline); it cannot take an image "
-                "(use the img2img folder, e.g. openai/shap-e-img2img)"
-            )
-        if self.kind == "image" and text is not None:
-            raise UserError(
-                f"{self.folder} is an image-to-3D Shap-E (ShapEImg2ImgPipeline); it cannot take "
-                "a text (use the text folder, e.g. openai/shap-e)"
-            )
+        check_input(self.kind, self.folder, "text" if text is not None else "image")
         return self.encode_text(text) if text is not None else self.encode_image(image)
 
     # ------------------------------------------------------------------ sampling
