@@ -9,6 +9,7 @@ import re
 
 import pytest
 from hf_fixtures import make_clip_folder, make_diffusers_folder, make_resnet_folder
+from shap_e_fixtures import save_shap_e
 
 from configs import presets
 
@@ -47,6 +48,7 @@ def readme_cwd(tmp_path_factory):
     make_diffusers_folder(w / presets.PAPER_WEIGHTS["vae"], "AutoencoderKL", VAE_FACTOR_8)
     adapter = presets.derive(presets.TINY_ADAPTER, downscale_factor=8)
     make_diffusers_folder(w / "t2i-adapter", "T2IAdapter", adapter)
+    save_shap_e(w / "shap-e-img2img", "image")
     return cwd
 
 
