@@ -29,6 +29,7 @@ SUITES = {
     "encoders": "benchmarks.encoders",
     "diffusion": "benchmarks.diffusion",
     "train": "benchmarks.train",
+    "prior": "benchmarks.prior",
 }
 
 

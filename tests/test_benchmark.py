@@ -105,3 +105,21 @@ def test_train_suite_quick():
     assert [r.name for r in records] == ["train_step_demo_tiny"]
     assert records[0].median_s > 0 and records[0].throughput_unit == "examples/s"
     assert "MFU n/a" in records[0].shape  # no peak FLOP/s known for CPUs
+
+
+def test_prior_suite_quick():
+    records = benchmark.run_suites(["prior"], BenchOptions(quick=True, repeats=1, warmup=1))
+    assert [r.name for r in records] == [
+        "shap_e_img2img_sample_tiny",
+        "shap_e_field_query_R32_torch_chunk4096",
+        "shap_e_field_query_R32_torch_chunk65536",
+    ]
+    for r in records:
+        assert r.median_s > 0 and r.reference_median_s > 0 and r.ratio > 0 and r.throughput > 0
+        assert "torch" in r.reference
+    # each record names its parity check: ours equals diffusers on the timed inputs
+    sample_diff = float(records[0].shape.split("max|ours-ref| ")[1])
+    assert sample_diff < 1e-4 and records[0].throughput_unit == "objects/s"
+    sdf, rgb = records[1].shape.split("max|ours-ref| sdf ")[1].split(" rgb ")
+    assert float(sdf) < 1e-3 and float(rgb) < 1e-4 and records[1].throughput_unit == "points/s"
+    assert records[1].median_s == records[2].median_s  # one timing of ours, two references

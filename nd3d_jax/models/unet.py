@@ -101,10 +101,16 @@ def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool, shift: flo
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v over (B, N, heads, d). On GPU `jax.nn.dot_product_attention`
-    (cuDNN's fused kernel where it applies); elsewhere two matmuls around a float32 softmax,
+    """softmax(q k^T / sqrt(d)) v over (B, N, heads, d). On GPU `jax.nn.dot_product_attention`:
+    cuDNN's fused flash kernel for 16-bit inputs (its default, XLA's, materialises the N x N
+    logits), XLA's where cuDNN does not apply; elsewhere two matmuls around a float32 softmax,
     which XLA:CPU runs 2x faster than dot_product_attention's generic path (measured)."""
     if jax.default_backend() == "gpu":
+        if q.dtype in (jnp.bfloat16, jnp.float16):
+            try:
+                return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+            except (ValueError, NotImplementedError, RuntimeError):
+                pass  # shapes or a cuDNN version the fused kernel does not take
         return jax.nn.dot_product_attention(q, k, v)
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # (B, heads, N, d)
     logits = jnp.matmul(qt, jnp.swapaxes(kt, -1, -2)).astype(jnp.float32) * q.shape[-1] ** -0.5
