@@ -34,25 +34,6 @@ import numpy as np
 
 from configs import presets
 
-# diffusers' HeunDiscreteScheduler config of the published pipelines
-SCHEDULER = dict(
-    beta_schedule="exp",
-    num_train_timesteps=1024,
-    prediction_type="sample",
-    use_karras_sigmas=True,
-    clip_sample=True,
-    clip_sample_range=1.0,
-)
-# the image tower of `openai/shap-e-img2img`: CLIP ViT-L/14 at 224 px
-VIT_L14 = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    image_size=224,
-    patch_size=14,
-)
-IMAGE_PROCESSOR_224 = presets.derive(presets.TINY_SHAP_E_IMAGE_PROCESSOR, crop_size=224, size=224)
 FIELD_CHUNKS = (4096, 65536)  # torch: decode_to_mesh's query_batch_size, and ours' chunk
 
 
@@ -71,8 +52,8 @@ def sizes(quick: bool) -> dict:
         tag="ViT-L14",
         prior=presets.SHAP_E_IMG2IMG_PRIOR,
         renderer=presets.SHAP_E_RENDERER,
-        vision=VIT_L14,
-        processor=IMAGE_PROCESSOR_224,
+        vision=presets.SHAP_E_VISION,
+        processor=presets.SHAP_E_IMAGE_PROCESSOR,
     )
 
 
@@ -110,7 +91,7 @@ def build_pipeline(quick: bool, device: str = "cpu", seed: int = 0):
             proj.norm.bias.div_(proj.norm.bias.shape[0] ** 0.5)
     processor = CLIPImageProcessor(**s["processor"])
     pipe = ShapEImg2ImgPipeline(
-        prior, encoder, processor, HeunDiscreteScheduler(**SCHEDULER), renderer
+        prior, encoder, processor, HeunDiscreteScheduler(**presets.SHAP_E_SCHEDULER), renderer
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

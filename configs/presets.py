@@ -113,3 +113,13 @@ SHAP_E_IMG2IMG_PRIOR = derive(
     SHAP_E_PRIOR, embedding_proj_dim=1024, embedding_proj_norm_type="layer"
 )
 SHAP_E_RENDERER = dict()  # diffusers' defaults: d_latent 1024, MLP 93 -> 256 x 6 -> 12
+SHAP_E_VISION = dict(  # the image tower of openai/shap-e-img2img: CLIP ViT-L/14 at 224 px
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+    image_size=224, patch_size=14,
+)  # fmt: skip
+SHAP_E_IMAGE_PROCESSOR = derive(TINY_SHAP_E_IMAGE_PROCESSOR, crop_size=224, size=224)
+# the HeunDiscreteScheduler config both published pipelines ship
+SHAP_E_SCHEDULER = dict(
+    beta_schedule="exp", num_train_timesteps=1024, prediction_type="sample",
+    use_karras_sigmas=True, clip_sample=True, clip_sample_range=1.0,
+)  # fmt: skip

@@ -10,15 +10,6 @@ from hf_fixtures import randomize_norms
 
 from configs import presets
 
-SCHEDULER = dict(
-    beta_schedule="exp",
-    num_train_timesteps=1024,
-    prediction_type="sample",
-    use_karras_sigmas=True,
-    clip_sample=True,
-    clip_sample_range=1.0,
-)
-
 
 def perturb(model, seed: int, scale: float = 0.02) -> None:
     """Every weight non-trivial: diffusers zero-inits the positional embedding and HF sets
@@ -118,7 +109,7 @@ def make_shap_e_pipeline(kind: str, seed: int = 0):
     perturb(prior, seed)
     perturb(renderer, seed + 10, scale=0.3)
     smooth_field(renderer, seed=seed)  # a closed blob inside the unit cube
-    scheduler = HeunDiscreteScheduler(**SCHEDULER)
+    scheduler = HeunDiscreteScheduler(**presets.SHAP_E_SCHEDULER)
     if kind == "text":
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
