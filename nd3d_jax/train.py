@@ -176,6 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         step_fn = make_train_step(stage, ts.tx, ts.mask, config.optim, ts.schedule)
         compiled = compile_step(step_fn, state, ts.shardings, first, mesh,
                                 config.data.batch_size, log)  # fmt: skip
+        _all_compiled()
         preview = _previewer(stage, config, mesh) if t.preview_every else None
         flops_per_step = stage.train_flops_per_example() * config.data.batch_size
         peak = peak_flops(jax.devices()[0])
@@ -234,6 +235,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def _all_compiled() -> None:
+    """Multi-process runs wait here until every process has compiled its step: the first
+    collective sets up the CPU (gloo) context, which waits only 30 s for the other processes,
+    and compile times differ by more on a loaded host. A coordination-service barrier."""
+    if jax.process_count() > 1:
+        from orbax.checkpoint import multihost
+
+        multihost.sync_global_processes("nd3d_train_step_compiled", timeout=3600)
 
 
 def _stop_agreement(stop: dict):
