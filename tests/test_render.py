@@ -174,7 +174,7 @@ def test_render_cli(tmp_path):
 
     path = tmp_path / "torus.obj"
     trimesh.creation.torus(0.6, 0.25).export(path)
-    for kind in ("normal", "depth", "color"):
+    for kind in ("normal", "depth", "color", "shaded"):
         out = tmp_path / f"{kind}.png"
         main([str(path), f"--out={out}", "--size=48", "--views=4", f"--kind={kind}", "--up=z"])
         img = np.asarray(Image.open(out))
@@ -185,3 +185,19 @@ def test_render_cli(tmp_path):
             assert 0.05 < fg < 0.9
     with pytest.raises(SystemExit):
         main([str(tmp_path / "missing.obj"), f"--out={tmp_path}/x.png"])
+
+
+def test_shaded_preview_lights_the_colours_from_each_camera():
+    from nd3d_jax.render.preview import render_preview
+
+    mesh = trimesh.creation.icosphere(4, radius=0.5)
+    mesh.visual.vertex_colors = np.tile([200, 100, 50, 255], (len(mesh.vertices), 1))
+    flat = render_preview(mesh, 64, 1, "color", up="z").astype(float)
+    lit = render_preview(mesh, 64, 1, "shaded", up="z").astype(float)
+    centre, edge = (32, 32), flat.shape[0] // 2
+    # facing the camera: fully lit (n . to_camera ~ 1); towards the limb: darker
+    np.testing.assert_allclose(lit[centre], flat[centre], atol=4)
+    row = lit[edge]
+    hit = np.where(np.any(np.abs(flat[edge] - 255) > 1, axis=-1))[0]
+    assert row[hit[0], 0] < 0.8 * row[32, 0] and row[hit[0], 0] < 0.8 * flat[edge, hit[0], 0]
+    np.testing.assert_array_equal(lit[0, 0], [255, 255, 255])  # background untouched

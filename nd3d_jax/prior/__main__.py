@@ -6,7 +6,7 @@ coloured coarse mesh and writes into OUT:
 
     coarse.glb    vertex colours (glTF: Y-up, linear COLOR_0)
     coarse.ply    the field's frame (Z-up), sRGB vertex colours
-    preview.png   4 views of each object (our rasterizer), one row per object
+    preview.png   4 shaded views of each object (our rasterizer), one row per object
     summary.json  the inputs, seconds per stage, and per object its mesh stats
 
 With --batch=N > 1, N objects from the same input with different noise (one key, one sampling
@@ -164,7 +164,7 @@ def run(args) -> dict:
         objects.append({**files, **mesh_stats(mesh)})
     stages.done("export", f"{len(objects) * 2} mesh files")
 
-    rows = [render_preview(m, args.preview_size, PREVIEW_VIEWS, "color", up="z") for m in meshes]
+    rows = [render_preview(m, args.preview_size, PREVIEW_VIEWS, "shaded", up="z") for m in meshes]
     preview = np.concatenate(rows, axis=0)
     preview_path = os.path.join(args.out, "preview.png")
     atomic(preview_path, lambda tmp: Image.fromarray(preview).save(tmp, format="PNG"))

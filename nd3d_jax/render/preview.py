@@ -18,7 +18,7 @@ from nd3d_jax.render.maps import (
 )
 from nd3d_jax.render.rasterize import default_work_budget, vertex_normals
 
-KINDS = ("normal", "depth", "color")
+KINDS = ("normal", "depth", "color", "shaded")
 FOV = 0.8  # radians; the ring radius frames the unit cube's bounding sphere
 
 
@@ -29,7 +29,8 @@ def normalise(vertices: np.ndarray) -> np.ndarray:
 
 
 def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", up: str = "y"):
-    """The preview grid as a uint8 (rows H, cols W, 3) array."""
+    """The preview grid as a uint8 (rows H, cols W, 3) array. `kind`: world normals, depth,
+    vertex colours (grey when the mesh has none), or those colours lit by a headlight."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}, use one of {KINDS}")
     unit = normalise(np.asarray(mesh.vertices))
@@ -54,6 +55,11 @@ def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", 
         else:
             colors = vertex_colors(mesh, vertices, faces)
             img = jax.vmap(lambda f: color_image(f, faces, colors))(frags)
+            if kind == "shaded":  # a headlight: the colours lit from each camera
+                n = jax.vmap(lambda f: normal_map(f, vertices, faces))(frags)
+                to_camera = cams.c2w[:, None, None, :3, 2]  # OpenGL cameras look along -z
+                light = 0.35 + 0.65 * jnp.clip(jnp.sum(n * to_camera, -1), 0.0, 1.0)
+                img = jnp.where(frags.mask[..., None], img * light[..., None], img)
         return img, frags.num_work
 
     img, num_work = draw(vertices, faces)
