@@ -184,7 +184,7 @@ class ShapE:
         mesh = data_mesh(b)
         batch, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
         cond, noise = jax.device_put((cond, noise), batch)
-        params = jax.device_put(self.prior_params, rep)
+        params = self._placed("prior", self.prior_params, rep)
         run = self._sampler(num_steps, guidance > 1.0, return_all, mesh)
         x_init = noise * jnp.float32(schedule.init_noise_sigma)
         return run(params, cond, x_init, jnp.float32(guidance))
@@ -212,6 +212,13 @@ class ShapE:
             return heun_sample(denoise, x_init, schedule, config, return_all=return_all)
 
         self._programs[key] = jax.jit(run)
+        return self._programs[key]
+
+    def _placed(self, name: str, params, sharding: NamedSharding):
+        """`params` placed once per device set (replicated), not at every call."""
+        key = ("params", name, sharding.mesh.devices.size)
+        if key not in self._programs:
+            self._programs[key] = jax.device_put(params, sharding)
         return self._programs[key]
 
     def _program(self, name: str):
