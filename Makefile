@@ -30,7 +30,7 @@ $(GLTF_VALIDATOR):
 test: $(STAMP) $(GLTF_VALIDATOR)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --durations=15 tests
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m nd3d_jax.benchmark geometry render data encoders diffusion train \
