@@ -223,8 +223,8 @@ class ShapE:
 
     def _program(self, name: str):
         if name not in self._programs:
-            module = {"text_encoder": self.encoder, "image_encoder": self.encoder}[name]
-            self._programs[name] = jax.jit(lambda p, x: module.apply({"params": p}, x))
+            encoder = self.encoder
+            self._programs[name] = jax.jit(lambda p, x: encoder.apply({"params": p}, x))
         return self._programs[name]
 
     # ------------------------------------------------------------------ the field

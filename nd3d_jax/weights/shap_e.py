@@ -154,6 +154,7 @@ def build_image_encoder(hf: dict, dtype=jnp.float32):
 
 
 def _load(path, kind, build, rename, dtype, host, check=None):
+    """`rename(module) -> key renamer` (the renderer's depends on its config)."""
     if is_converted(path):
         return restore(path, kind, build, dtype, host)
     hf = read_config(path)
@@ -164,28 +165,27 @@ def _load(path, kind, build, rename, dtype, host, check=None):
     except ValueError as e:
         raise WeightImportError(f"{path}: {e}") from e
     expected = expected_shapes(module, *dummy)
-    rename = rename(module.config) if rename is renderer_rename else rename
-    params = build_tree(read_safetensors(path), rename, expected, source=path)
+    params = build_tree(read_safetensors(path), rename(module), expected, source=path)
     return module, to_arrays(params, host)
 
 
 def load_prior(path: str, dtype=jnp.float32, host: bool = False):
     return _load(
-        path, "shap_e_prior", build_prior, prior_rename, dtype, host,
+        path, "shap_e_prior", build_prior, lambda m: prior_rename, dtype, host,
         _named(path, "_class_name", "PriorTransformer"),
     )  # fmt: skip
 
 
 def load_renderer(path: str, dtype=jnp.float32, host: bool = False):
     return _load(
-        path, "shap_e_renderer", build_renderer, renderer_rename, dtype, host,
+        path, "shap_e_renderer", build_renderer, lambda m: renderer_rename(m.config), dtype, host,
         _named(path, "_class_name", "ShapERenderer"),
     )  # fmt: skip
 
 
 def load_text_encoder(path: str, dtype=jnp.float32, host: bool = False):
     return _load(
-        path, "clip_text_model", build_text_encoder, clip_rename, dtype, host,
+        path, "clip_text_model", build_text_encoder, lambda m: clip_rename, dtype, host,
         _named(path, "model_type", "clip_text_model"),
     )  # fmt: skip
 
@@ -198,7 +198,7 @@ def vision_rename(key: str) -> Target | None:
 
 def load_image_encoder(path: str, dtype=jnp.float32, host: bool = False):
     return _load(
-        path, "clip_vision_model", build_image_encoder, vision_rename, dtype, host,
+        path, "clip_vision_model", build_image_encoder, lambda m: vision_rename, dtype, host,
         _named(path, "model_type", "clip_vision_model"),
     )  # fmt: skip
 
