@@ -16,8 +16,15 @@ $(STAMP): setup.py
 
 venv: $(STAMP)
 
+# Train the demo model, then generate textured objects for the 4 held-out test shapes (their
+# condition meshes stand in for Shap-E, whose weights cannot be downloaded here).
 demo: $(STAMP)
 	$(BIN)/python -m nd3d_jax.train --config=configs/demo.py --workdir=out/demo
+	$(BIN)/python -m data_pipelines.export_examples --data_dir=out/demo/data/tfds \
+		--dataset=omniobject3d --config=tiny --split=test --count=4 --out=out/demo/held_out
+	$(BIN)/python -m nd3d_jax.generate --config=configs/generate.py:demo --params=out/demo \
+		--inputs=out/demo/held_out/inputs.jsonl --out=out/demo/generated
+	@echo "textured objects: out/demo/generated/*/mesh.glb; sheets: out/demo/generated/*/preview.png"
 
 refine-demo: $(STAMP)
 	$(BIN)/python -m nd3d_jax.refine_demo --config=configs/refine_demo.py --workdir=out/refine_demo

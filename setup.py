@@ -33,6 +33,7 @@ setup(
         "charset-normalizer>=3,<4",  # trimesh decodes non-UTF-8 OBJ files with it
         "rtree>=1.3,<2",  # trimesh's closest-point queries (SDF targets)
         "fast-simplification>=0.2,<0.3",  # trimesh's quadric decimation (condition meshes)
+        "xatlas>=0.0.11,<0.1",  # UV unwrapping for texture baking (nd3d_jax.texture)
         # SDF signs (fast winding number), closest points, face orientation repair (with embree)
         "libigl>=2.6.3,<2.7",
         # Data preparation and loading: tfds (TF encodes images) writing ArrayRecord, grain.

@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config()
     tiny_models(c)
     c.data.dataset = "omniobject3d"
-    c.data.synthetic_objects = 24
+    c.data.synthetic_objects = 32  # 28 train, 4 held-out test shapes (make demo generates those)
     c.data.batch_size = 8
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 20

@@ -117,8 +117,11 @@ def base_config() -> ml_collections.ConfigDict:
             preview_examples=2,
         )
     )
-    # DDIM sampling, for previews and generation; clip > 0 clips predicted x_0 to [-clip, clip]
-    c.sample = ml_collections.ConfigDict(dict(num_steps=50, guidance=7.5, eta=0.0, clip=0.0))
+    # sampling for previews: DDIM (or "ddpm", eq 14); clip > 0 clips predicted x_0 to
+    # [-clip, clip]; generation has its own block (configs/generate.py)
+    c.sample = ml_collections.ConfigDict(
+        dict(num_steps=50, guidance=7.5, eta=0.0, clip=0.0, sampler="ddim")
+    )
     return c
 
 

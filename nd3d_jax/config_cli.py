@@ -461,8 +461,9 @@ def usage(doc: str | None, prog: str, needs_workdir: bool) -> str:
     )
 
 
-def parse(argv: Sequence[str], needs_workdir: bool = True):
-    """(config with overrides applied, parsed flag values) from `argv`; raises ConfigError."""
+def parse(argv: Sequence[str], needs_workdir: bool = True, extra_flags: dict | None = None):
+    """(config with overrides applied, parsed flag values) from `argv`; raises ConfigError.
+    `extra_flags`: the command's own string flags, {name: help}."""
     argv = _expand(argv)
     spec, rest = split_argv(argv)
     if spec is None:
@@ -477,6 +478,8 @@ def parse(argv: Sequence[str], needs_workdir: bool = True):
     flags.DEFINE_boolean("print_config", False, "print the config", flag_values=fv)
     flags.DEFINE_string("verbosity", "quiet", "logging", flag_values=fv)
     flags.DEFINE_boolean("debug", False, "tracebacks", flag_values=fv)
+    for name, help_ in (extra_flags or {}).items():
+        flags.DEFINE_string(name, None, help_, flag_values=fv)
     try:
         extra = fv(rest)
     except flags.Error as e:
@@ -502,6 +505,7 @@ def run(
     needs_workdir: bool = True,
     choices: Callable[[], dict[str, Sequence[str]]] | None = None,
     argv: Sequence[str] | None = None,
+    extra_flags: dict[str, str] | None = None,
 ) -> None:
     """Parses the command line and calls `main(config, workdir)` with the config locked.
 
@@ -511,6 +515,8 @@ def run(
     logging is set up, and with a workdir `check_workdir` runs and `save_run_files` writes
     config.json and run.json (in a multi-process run, after `main`, once JAX is initialised).
     A `UserError` anywhere is one line on stderr and exit code 2 (`--debug`: the traceback).
+    `extra_flags` ({name: help}) are the command's own string flags: `main` then gets a third
+    argument, {name: value or None}.
     """
     argv = list(sys.argv if argv is None else argv)
     module = _command_module()
@@ -523,7 +529,7 @@ def run(
         sys.exit(0)
     debug = "--debug" in argv[1:]
     try:
-        config, fv = parse(argv, needs_workdir)
+        config, fv = parse(argv, needs_workdir, extra_flags)
         check_command(config, command)
         if choices is not None:
             validate_choices(config, choices())
@@ -539,7 +545,10 @@ def run(
             if not deferred:
                 save_run_files(config, workdir, argv)
         config.lock()
-        main(config, workdir)
+        if extra_flags:
+            main(config, workdir, {name: fv[name].value for name in extra_flags})
+        else:
+            main(config, workdir)
         if workdir and needs_workdir and deferred:
             save_run_files(config, workdir, argv)
     except UserError as e:

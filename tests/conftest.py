@@ -25,7 +25,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-pytest_plugins = ["data_fixtures", "hf_fixtures", "shap_e_fixtures"]
+pytest_plugins = ["data_fixtures", "generate_fixtures", "hf_fixtures", "shap_e_fixtures"]
 
 # The longest files first (measured on 2 cores, empty cache): xdist's loadfile scheduler hands
 # files to its two workers in collection order (`--no-loadscope-reorder` in the Makefile; its

@@ -106,6 +106,12 @@ def timesteps(num_train: int, num_steps: int, spacing: str = "leading", offset: 
     return np.asarray(ts, np.int32)
 
 
+def per_example_keys(key: jax.Array) -> bool:
+    """True for a batch of typed keys (B,) (`jax.random.key`), False for one key (typed, or
+    a legacy uint32 `PRNGKey`)."""
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+
+
 def sample(
     model_fn: Callable[[jax.Array, jax.Array], jax.Array],
     schedule: Schedule,
@@ -119,7 +125,9 @@ def sample(
 ) -> jax.Array:
     """A whole reverse run in one `lax.scan`. `model_fn(x_t, t_batch)` returns the network output
     (wrap it with `classifier_free_guidance` for guided sampling); `clip` bounds each
-    predicted x_0 (pixel-space models). Returns x_0."""
+    predicted x_0 (pixel-space models). `key` is one key, or one per example (shape (B,)):
+    then every example's step noise comes from its own key (batch-split invariant). Returns
+    x_0."""
     ts = jnp.asarray(timesteps(schedule.num_train_timesteps, num_steps, spacing))
     prev = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
     if sampler not in ("ddim", "ddpm"):
@@ -128,12 +136,19 @@ def sample(
     def body(x, inputs):
         t, t_prev, k = inputs
         out = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
-        noise = jax.random.normal(k, x.shape, x.dtype)
+        if not per_example_keys(k):
+            noise = jax.random.normal(k, x.shape, x.dtype)
+        else:
+            noise = jax.vmap(lambda kk: jax.random.normal(kk, x.shape[1:], x.dtype))(k)
         if sampler == "ddpm":
             x, _ = ddpm_step(schedule, out, t, x, noise, prev_t=t_prev, clip=clip)
         else:
             x, _ = ddim_step(schedule, out, t, t_prev, x, eta, noise if eta > 0 else None, clip)
         return x, None
 
-    x, _ = jax.lax.scan(body, x_T, (ts, prev, jax.random.split(key, num_steps)))
+    if not per_example_keys(key):
+        keys = jax.random.split(key, num_steps)
+    else:  # (B,) -> (num_steps, B)
+        keys = jax.vmap(lambda k: jax.random.split(k, num_steps))(key).swapaxes(0, 1)
+    x, _ = jax.lax.scan(body, x_T, (ts, prev, keys))
     return x

@@ -55,7 +55,8 @@ def srgb_to_linear(u: np.ndarray) -> np.ndarray:
     return np.where(u <= 0.04045, u / 12.92, ((u + 0.055) / 1.055) ** 2.4)
 
 
-def _padded_query(shap_e, latent, points: np.ndarray):
+def padded_query(shap_e, latent, points: np.ndarray):
+    """`shap_e.query` of one latent at any number of points: [sdf, rgb, f_tex] (host)."""
     n = len(points)
     pad = -n % min(shap_e.settings.chunk, max(n, 1))
     out = shap_e.query(latent[None], np.pad(points, ((0, pad), (0, 0))))
@@ -80,11 +81,11 @@ def coarse_meshes(shap_e, latents, resolution: int = 128, grid: str = "exact"):
         latents = latents[None]
     meshes = []
     for i, latent in enumerate(latents):
-        sdf, _, _ = _padded_query(shap_e, latent, points)
+        sdf, _, _ = padded_query(shap_e, latent, points)
         if not np.any(sdf < 0):
             raise UserError(f"object {i}: the Shap-E field is empty (no point inside)")
         mesh = extract_coarse(sdf, resolution, grid)
-        _, rgb, _ = _padded_query(shap_e, latent, np.asarray(mesh.vertices, np.float32))
+        _, rgb, _ = padded_query(shap_e, latent, np.asarray(mesh.vertices, np.float32))
         mesh.visual.vertex_colors = np.concatenate(
             [np.round(np.clip(rgb, 0, 1) * 255), np.full((len(rgb), 1), 255)], 1
         ).astype(np.uint8)

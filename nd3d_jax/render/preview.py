@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -34,41 +35,55 @@ def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", 
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}, use one of {KINDS}")
     unit = normalise(np.asarray(mesh.vertices))
-    vertices, faces = jnp.asarray(unit, jnp.float32), jnp.asarray(mesh.faces, jnp.int32)
     # Far enough that the bounding sphere fits the field of view, with a 5% margin.
     radius = float(np.linalg.norm(unit, axis=1).max()) / math.sin(FOV / 2) * 1.05
     cams = pinhole(ring_poses(views, radius, up_axis="xyz".index(up)), size, size, fov=FOV)
-    budget = default_work_budget(len(mesh.faces), size, size, 8)
-
-    @jax.jit
-    def draw(vertices, faces):
-        frags = rasterize_views(cams, vertices, faces, work_budget=budget)
-        if kind == "normal":
-            img = jax.vmap(lambda f: (normal_map(f, vertices, faces) + 1) / 2)(frags)
-            img = jnp.where(frags.mask[..., None], img, 1.0)
-        elif kind == "depth":
-            d = frags.depth
-            near = jnp.min(jnp.where(frags.mask, d, jnp.inf))
-            far = jnp.max(d)
-            img = jnp.where(frags.mask, 1.0 - 0.8 * (d - near) / (far - near + 1e-9), 0.0)
-            img = jnp.repeat(img[..., None], 3, axis=-1)
-        else:
-            colors = vertex_colors(mesh, vertices, faces)
-            img = jax.vmap(lambda f: color_image(f, faces, colors))(frags)
-            if kind == "shaded":  # a headlight: the colours lit from each camera
-                n = jax.vmap(lambda f: normal_map(f, vertices, faces))(frags)
-                to_camera = cams.c2w[:, None, None, :3, 2]  # OpenGL cameras look along -z
-                light = 0.35 + 0.65 * jnp.clip(jnp.sum(n * to_camera, -1), 0.0, 1.0)
-                img = jnp.where(frags.mask[..., None], img * light[..., None], img)
-        return img, frags.num_work
-
-    img, num_work = draw(vertices, faces)
+    faces = np.asarray(mesh.faces, np.int32)
+    colors = vertex_colors(mesh, jnp.asarray(unit, jnp.float32), jnp.asarray(faces))
+    # padded to power-of-two sizes: meshes of similar size share one compiled program
+    nv, nf = _bucket(len(unit)), _bucket(len(faces))
+    budget = default_work_budget(nf, size, size, 8)
+    img, num_work = _draw(
+        cams,
+        jnp.asarray(np.pad(unit, ((0, nv - len(unit)), (0, 0))), jnp.float32),
+        jnp.asarray(np.pad(faces, ((0, nf - len(faces)), (0, 0)))),
+        jnp.asarray(np.arange(nf) < len(faces)),
+        jnp.asarray(np.pad(np.asarray(colors), ((0, nv - len(unit)), (0, 0))), jnp.float32),
+        kind,
+        budget,
+    )
     if int(jnp.max(num_work)) > budget:
         raise RuntimeError(f"rasterizer work budget {budget} < {int(jnp.max(num_work))}")
     rows = int(math.floor(math.sqrt(views)))
     while views % rows:
         rows -= 1
     return to_uint8(grid_layout(img, rows=rows))
+
+
+def _bucket(n: int) -> int:
+    return max(256, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "budget"))
+def _draw(cams, vertices, faces, face_mask, colors, kind: str, budget: int):
+    frags = rasterize_views(cams, vertices, faces, face_mask, work_budget=budget)
+    if kind == "normal":
+        img = jax.vmap(lambda f: (normal_map(f, vertices, faces) + 1) / 2)(frags)
+        img = jnp.where(frags.mask[..., None], img, 1.0)
+    elif kind == "depth":
+        d = frags.depth
+        near = jnp.min(jnp.where(frags.mask, d, jnp.inf))
+        far = jnp.max(d)
+        img = jnp.where(frags.mask, 1.0 - 0.8 * (d - near) / (far - near + 1e-9), 0.0)
+        img = jnp.repeat(img[..., None], 3, axis=-1)
+    else:
+        img = jax.vmap(lambda f: color_image(f, faces, colors))(frags)
+        if kind == "shaded":  # a headlight: the colours lit from each camera
+            n = jax.vmap(lambda f: normal_map(f, vertices, faces))(frags)
+            to_camera = cams.c2w[:, None, None, :3, 2]  # OpenGL cameras look along -z
+            light = 0.35 + 0.65 * jnp.clip(jnp.sum(n * to_camera, -1), 0.0, 1.0)
+            img = jnp.where(frags.mask[..., None], img * light[..., None], img)
+    return img, frags.num_work
 
 
 def vertex_colors(mesh, vertices, faces) -> jax.Array:

@@ -217,14 +217,27 @@ class NeuroDiff3DStage:
         return loss, {"loss": loss, "view_fraction": jnp.mean(batch["view_mask"])}
 
     def sample(self, params, batch, key, sample: ml_collections.ConfigDict) -> dict:
-        """Guided samples of the grid (`sample`: num_steps, guidance, eta, clip); images,
-        targets and normal maps in [0, 1]."""
-        k_x, k_s = jax.random.split(key)
-        apply = functools.partial(self.model.apply, {"params": params})
+        """Guided samples of the grid (`sample`: num_steps, guidance, eta, clip, sampler);
+        images, targets and normal maps in [0, 1]."""
         normals, t_hat = render_conditions(batch, self.model_config)
+        out = self.sample_views(params, batch, normals, t_hat, key, sample)
+        out["target"] = batch["views"].astype(jnp.float32) / 255.0
+        return out
+
+    def sample_views(self, params, batch, normals, t_hat, key, sample) -> dict:
+        """The K-view grid sampled from the conditions (N, T_hat rendered by the caller):
+        {"sample": decoded grid, "normals": N} in [0, 1]. `key` is one key, or one per example
+        (shape (B,)): then each example's noise depends only on its key, so a batch gives
+        the same samples however it is split over devices."""
+        batched = diffusion.per_example_keys(key)
+        if batched:
+            k_x, k_s = jax.vmap(jax.random.split)(key).swapaxes(0, 1)
+        else:
+            k_x, k_s = jax.random.split(key)
+        apply = functools.partial(self.model.apply, {"params": params})
         f_fusion, features, conditions = apply(batch, normals, t_hat, False, method="context")
         c = self.model_config
-        shape = (f_fusion.shape[0], c.latent_size, c.latent_size, c.latent_channels)
+        shape = (c.latent_size, c.latent_size, c.latent_channels)
 
         def model_fn(x, t):
             both = apply(
@@ -237,22 +250,22 @@ class NeuroDiff3DStage:
             uncond, cond_ = jnp.split(both, 2)
             return diffusion.classifier_free_guidance(uncond, cond_, sample.guidance)
 
-        x_T = jax.random.normal(k_x, shape)
+        if batched:
+            x_T = jax.vmap(lambda k: jax.random.normal(k, shape))(k_x)
+        else:
+            x_T = jax.random.normal(k_x, (f_fusion.shape[0], *shape))
         x0 = diffusion.sample(
             model_fn,
             self.schedule,
             x_T,
             k_s,
             sample.num_steps,
+            sampler=sample.get("sampler", "ddim"),
             eta=sample.eta,
             clip=sample.clip or None,
         )
         to01 = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # noqa: E731
-        return {
-            "sample": to01(apply(x0, method="decode")),
-            "target": batch["views"].astype(jnp.float32) / 255.0,
-            "normals": to01(conditions[..., :3]),
-        }
+        return {"sample": to01(apply(x0, method="decode")), "normals": to01(conditions[..., :3])}
 
     def train_flops_per_example(self) -> float:
         """Analytic model FLOPs of one training example: 3 x the UNet forward (forward +

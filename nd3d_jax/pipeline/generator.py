@@ -1,0 +1,295 @@
+"""Generation end to end (paper, "Model inference pipeline", eq 15): image + text -> textured mesh.
+
+    gen = Generator(config)                     # configs/generate.py; loads and compiles once
+    result = gen.generate(image="chair.png", text="a wooden chair")
+    result.mesh.export("chair.glb")             # trimesh.Trimesh with its baked texture
+
+Stages, each a method you can call alone:
+  1. coarse      Shap-E (image, else text) -> coarse mesh + field; or a given coarse mesh (P1)
+  2. refine      SDF MLP fit + deformable tet grid + marching tetrahedra (P2, eq 4-7)
+  3. conditions  the refined mesh with its coarse colours -> the model's inputs (P3, M1)
+  4. multiview   the trained model samples the K-view grid; the VAE decodes it (M2, M3)
+  5. bake        UV atlas + back-projection of the K views into a texture (M4)
+
+`generate_many` runs a list of objects in batches: stages 1-3 and 5 per object on the host and
+one device, stage 4 for the whole batch in one program split over the mesh's data axis. An
+object that fails (unreadable image, empty text, a mesh with no surface) is returned as its
+error; the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import trimesh
+
+from nd3d_jax import sharding
+from nd3d_jax.errors import UserError
+from nd3d_jax.geometry.mesh_ops import MeshError
+from nd3d_jax.geometry.refine import RefineSettings, refine_mesh
+from nd3d_jax.pipeline import coarse as coarse_lib
+from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_image
+from nd3d_jax.pipeline.multiview import MultiView
+from nd3d_jax.render.maps import grid_split
+from nd3d_jax.texture import TextureSettings, bake, textured_trimesh, unwrap
+
+LOG = logging.getLogger(__name__)
+STAGES = ("coarse", "refine", "conditions", "multiview", "bake")
+# what a failed object may raise and still leave the batch running
+OBJECT_ERRORS = (UserError, MeshError, ValueError, FloatingPointError, OSError)
+
+
+@dataclasses.dataclass
+class Result:
+    """Everything one object went through; `mesh` is the textured output."""
+
+    name: str
+    input: ObjectInput
+    image: np.ndarray  # (S, S, 3) uint8, the prepared input photo the model saw
+    coarse: trimesh.Trimesh  # vertex colours (sRGB)
+    refined: trimesh.Trimesh  # vertex colours: the coarse colours at each vertex
+    views: np.ndarray  # (K, H, W, 3) float [0, 1], the generated views
+    normals: np.ndarray  # (K, H, W, 3) [0, 1], the N condition
+    t_hat: np.ndarray  # (K, H, W, 3) [0, 1], the T_hat condition
+    texture: np.ndarray  # (S, S, 3) float [0, 1]
+    coverage: float  # fraction of chart texels some view painted
+    mesh: trimesh.Trimesh  # the textured mesh (UVs + PBR base colour)
+    seconds: dict[str, float]
+    cameras: object = None  # the K view cameras (render.Camera)
+    refine_loss: tuple[float, float] = (float("nan"), float("nan"))
+
+
+def refine_settings(config: ml_collections.ConfigDict) -> RefineSettings:
+    try:
+        return RefineSettings(**config.refine)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"refine: {e}") from e
+
+
+def texture_settings(config: ml_collections.ConfigDict) -> TextureSettings:
+    values = dict(config.texture)
+    values["view_weights"] = tuple(values.get("view_weights") or ())
+    try:
+        return TextureSettings(**values)
+    except TypeError as e:
+        raise UserError(f"texture: {e}") from e
+
+
+def device_mesh(num_devices: int) -> jax.sharding.Mesh:
+    """The data-parallel mesh over the first `num_devices` local devices (0: all)."""
+    devices = jax.local_devices()
+    if num_devices < 0 or num_devices > len(devices):
+        raise UserError(f"mesh.num_devices={num_devices}: this host has {len(devices)} devices")
+    return sharding.make_mesh(devices=devices[: num_devices or len(devices)])
+
+
+class Generator:
+    """The loaded pipeline: the trained model, its compiled sampler, Shap-E when needed."""
+
+    def __init__(self, config: ml_collections.ConfigDict, log: Callable[[str], None] | None = None):
+        self.config = config
+        self.log = log or LOG.info
+        if not config.params:
+            raise UserError(
+                "no model: pass --params=WORKDIR, a trainer workdir (`make demo` writes out/demo)"
+            )
+        if config.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {config.batch_size}")
+        self.refine_settings = refine_settings(config)
+        self.texture_settings = texture_settings(config)
+        self.mesh = device_mesh(config.mesh.num_devices)
+        # the batch splits over the data axis: a multiple of the device count
+        n = self.mesh.size
+        self.batch_size = -(-config.batch_size // n) * n
+        t = time.perf_counter()
+        self.model = MultiView(config.params, config, self.mesh)
+        self.log(f"model from {self.model.params_path} ({time.perf_counter() - t:.1f}s)")
+        self._shap_e = {}
+
+    # ------------------------------------------------------------------ stage 1
+    def shap_e(self, kind: str):
+        """The Shap-E pipeline for 'image' or 'text' input (loaded once)."""
+        if kind not in self._shap_e:
+            from nd3d_jax.prior.shap_e import FieldSettings, load_shap_e
+
+            p = self.config.prior
+            folder = p.image_weights if kind == "image" else p.text_weights
+            if not folder:
+                raise UserError(
+                    f"no Shap-E weights for {kind} input: set --config.prior.{kind}_weights="
+                    "FOLDER (diffusers layout), or give a --coarse_mesh"
+                )
+            dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[p.dtype]
+            settings = FieldSettings(f_tex=p.f_tex)
+            t = time.perf_counter()
+            self._shap_e[kind] = load_shap_e(folder, dtype=dtype, settings=settings)
+            self.log(f"Shap-E ({kind}) from {folder} ({time.perf_counter() - t:.1f}s)")
+        return self._shap_e[kind]
+
+    def coarse(self, obj: ObjectInput, image: np.ndarray | None, key) -> coarse_lib.Coarse:
+        """Stage 1: the given coarse mesh, else Shap-E from the image, else from the text."""
+        if obj.coarse_mesh:
+            return coarse_lib.from_mesh_file(obj.coarse_mesh)
+        p = self.config.prior
+        kind = "image" if image is not None and p.image_weights else "text"
+        if kind == "text" and not obj.text.strip():
+            raise UserError(f"{obj.name}: no text for Shap-E's text pipeline (and no image one)")
+        shap_e = self.shap_e(kind)
+        noise = jax.random.normal(key, (1, *shap_e.latent_shape))
+        given = {"image": image[None]} if kind == "image" else {"text": [obj.text]}
+        latents = shap_e.sample_latents(
+            num_steps=p.num_steps, guidance=p.guidance or None, initial_noise=noise, **given
+        )
+        return coarse_lib.from_shap_e(shap_e, np.asarray(latents[0]), p.resolution, p.grid)
+
+    # ------------------------------------------------------------------ stage 2
+    def refine(self, coarse: coarse_lib.Coarse):
+        """Stage 2: the refined watertight mesh, coloured from the coarse mesh."""
+        result = refine_mesh(coarse.mesh, coarse.field, self.refine_settings)
+        refined = result.mesh
+        if len(refined.faces) == 0:
+            raise UserError("refinement found no surface (the coarse field has no inside)")
+        refined.visual.vertex_colors = _colors_from(coarse.mesh, refined.vertices)
+        return refined, (float(result.losses[0]), float(result.losses[-1]))
+
+    # ------------------------------------------------------------------ stage 5
+    def bake(self, refined: trimesh.Trimesh, views: np.ndarray):
+        """Stage 5: the atlas of the refined mesh and the K views baked into it."""
+        s = self.texture_settings
+        atlas, unwrapped = unwrap(refined, s)
+        fill = _colors_from(refined, unwrapped.vertices)[:, :3] / 255.0
+        out = bake(atlas, self.model.cameras, views, fill[atlas.source_vertex], s)
+        texture = np.asarray(out.texture)
+        chart = np.asarray(out.chart)
+        coverage = float(np.asarray(out.seen)[chart].mean()) if chart.any() else 0.0
+        tex8 = (np.clip(texture, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return textured_trimesh(atlas, tex8), texture, coverage
+
+    # ------------------------------------------------------------------ all stages
+    def generate(self, image: str | None = None, text: str = "", coarse_mesh: str | None = None,
+                 name: str = "object", seed: int | None = None) -> Result:  # fmt: skip
+        """One object; raises its error."""
+        obj = ObjectInput(name, image, text, coarse_mesh)
+        (result,) = self.generate_many([obj], seed=seed)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def generate_many(
+        self,
+        objects: list[ObjectInput],
+        seed: int | None = None,
+        indices: list[int] | None = None,
+        progress: Callable[[str, Result | Exception], None] | None = None,
+    ) -> list[Result | Exception]:
+        """Results (or errors) in order; `indices` (default 0..n-1) fold into the seed, so an
+        object's result does not depend on its batch."""
+        seed = self.config.seed if seed is None else seed
+        indices = list(range(len(objects))) if indices is None else indices
+        out: list[Result | Exception] = []
+        for start in range(0, len(objects), self.batch_size):
+            chunk = list(zip(objects[start : start + self.batch_size],
+                             indices[start : start + self.batch_size], strict=True))  # fmt: skip
+            for r in self._batch(chunk, seed):
+                out.append(r)
+                if progress:
+                    progress(r.name if isinstance(r, Result) else "", r)
+        return out
+
+    def _prepare(self, obj: ObjectInput, key) -> dict:
+        """Stages 1-3 for one object (host + one device)."""
+        seconds = {}
+        obj.check()
+        t = time.perf_counter()
+        size = self.config.image.size
+        image = None
+        if obj.image:
+            image = prepare_image(read_image(obj.image), size, self.config.image.object_fraction)
+        k_prior, _ = jax.random.split(key)
+        coarse = self.coarse(obj, image, k_prior)
+        seconds["coarse"] = time.perf_counter() - t
+        t = time.perf_counter()
+        refined, losses = self.refine(coarse)
+        seconds["refine"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if image is None:  # text only: the model sees the coarse shape from the first view
+            image = _front_view(coarse.mesh, self.model.cameras, size)
+        example = self.model.example(refined, image, obj.text)
+        seconds["conditions"] = time.perf_counter() - t
+        return {"obj": obj, "image": image, "coarse": coarse.mesh, "refined": refined,
+                "example": example, "seconds": seconds, "losses": losses}  # fmt: skip
+
+    def _batch(self, chunk, seed: int):
+        base = jax.random.key(seed)
+        ready, results = [], {}
+        for obj, index in chunk:
+            key = jax.random.fold_in(base, index)
+            try:
+                ready.append((self._prepare(obj, key), jax.random.fold_in(key, 1)))
+            except OBJECT_ERRORS as e:
+                results[obj.name] = _named_error(obj, e)
+        if ready:
+            t = time.perf_counter()
+            keys = jnp.stack([k for _, k in ready])
+            sampled = self.model.sample([p["example"] for p, _ in ready], keys, self.batch_size)
+            per_object = (time.perf_counter() - t) / len(ready)
+            c = self.model.model_config
+            for i, (p, _) in enumerate(ready):
+                obj = p["obj"]
+                try:
+                    split = {k: np.asarray(grid_split(v[i], c.grid_rows, c.grid_cols))
+                             for k, v in sampled.items()}  # fmt: skip
+                    p["seconds"]["multiview"] = per_object
+                    t = time.perf_counter()
+                    mesh, texture, coverage = self.bake(p["refined"], split["sample"])
+                    p["seconds"]["bake"] = time.perf_counter() - t
+                    results[obj.name] = Result(
+                        obj.name, obj, p["image"], p["coarse"], p["refined"], split["sample"],
+                        split["normals"], split["t_hat"], texture, coverage, mesh, p["seconds"],
+                        self.model.cameras, p["losses"],
+                    )  # fmt: skip
+                except OBJECT_ERRORS as e:
+                    results[obj.name] = _named_error(obj, e)
+        return [results[obj.name] for obj, _ in chunk]
+
+
+def _named_error(obj: ObjectInput, e: Exception) -> UserError:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return UserError(msg if msg.startswith(obj.name) else f"{obj.name}: {msg}")
+
+
+def _colors_from(source: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """(N, 4) uint8 RGBA: `source`'s surface colour at the closest point to each point."""
+    from data_pipelines.shape_samples import closest_points, surface_colors
+
+    _, closest, tri = closest_points(source, points)
+    bary = trimesh.triangles.points_to_barycentric(source.triangles[tri], closest)
+    bary = np.clip(bary, 0.0, 1.0)
+    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+    rgb = surface_colors(source, tri, bary)
+    return np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
+
+
+def _front_view(mesh: trimesh.Trimesh, cameras, size: int) -> np.ndarray:
+    """The coloured mesh from the first view camera, headlight-shaded on white (uint8)."""
+    from nd3d_jax.render.camera import Camera
+    from nd3d_jax.render.maps import color_image, normal_map
+    from nd3d_jax.render.rasterize import rasterize
+
+    cam = Camera(cameras.c2w[0], cameras.focal[0] * size / cameras.width,
+                 cameras.principal[0] * size / cameras.width, size, size)  # fmt: skip
+    v = jnp.asarray(mesh.vertices, jnp.float32)
+    f = jnp.asarray(mesh.faces, jnp.int32)
+    colors = jnp.asarray(mesh.visual.vertex_colors[:, :3] / 255.0, jnp.float32)
+    frags = rasterize(cam, v, f)
+    rgb = color_image(frags, f, colors)
+    light = 0.35 + 0.65 * jnp.clip(normal_map(frags, v, f) @ cam.c2w[:3, 2], 0.0, 1.0)
+    rgb = jnp.where(frags.mask[..., None], rgb * light[..., None], rgb)
+    return (np.clip(np.asarray(rgb), 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -1,0 +1,148 @@
+"""What `generate` writes for one object, into a folder that appears whole or not at all:
+
+mesh.glb                glTF 2.0: Y-up, PBR baseColorTexture, TEXCOORD_0, NORMAL
+mesh.obj/.mtl/.png      the same mesh as OBJ + MTL + texture
+views.png               the K generated views (the model's grid)
+preview.png             the sheet: input | coarse | refined | conditions N, T_hat;
+                        the K generated views; the textured mesh from 8 azimuths
+turntable.gif           the textured mesh turning once (a multiple of 8 frames)
+summary.json            the input, seconds per stage, mesh and texture stats, settings
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw
+
+from nd3d_jax.render.camera import pinhole, ring_poses
+from nd3d_jax.render.maps import grid_layout, to_uint8
+from nd3d_jax.render.preview import render_preview
+from nd3d_jax.texture import export_glb, export_obj, render_views
+from nd3d_jax.texture.atlas import bucket
+
+PREVIEW_FOV = 0.8
+SUMMARY = "summary.json"
+
+
+def is_done(folder: str) -> bool:
+    """An object is done when its folder holds its summary (written last)."""
+    return os.path.isfile(os.path.join(folder, SUMMARY))
+
+
+def turntable(mesh, size: int, frames: int, elevation_deg: float = 20.0) -> np.ndarray:
+    """(frames, size, size, 3) uint8 renders of the textured mesh on a ring (+Y up). Arrays
+    are padded to bucket sizes, so meshes of similar size share one compiled program."""
+    v = np.asarray(mesh.vertices, np.float32)
+    radius = float(np.linalg.norm(v, axis=1).max()) / math.sin(PREVIEW_FOV / 2) * 1.05
+    poses = ring_poses(frames, radius, math.radians(elevation_deg), up_axis=1)
+    cams = pinhole(poses, size, size, fov=PREVIEW_FOV)
+    uv = np.asarray(mesh.visual.uv, np.float32)
+    uv = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=-1)  # trimesh keeps v up; rows go down
+    texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), np.float32) / 255
+    nv, nf = bucket(len(v)), bucket(len(mesh.faces))
+    pad = lambda a, n: np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))  # noqa: E731
+    images = _spin(cams, pad(v, nv), pad(np.asarray(mesh.faces, np.int32), nf), pad(uv, nv),
+                   texture, np.arange(nf) < len(mesh.faces))  # fmt: skip
+    return to_uint8(np.asarray(images))
+
+
+@jax.jit
+def _spin(cams, vertices, faces, uvs, texture, face_mask):
+    return render_views(cams, vertices, faces, uvs, texture, 1.0, face_mask)
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    im = Image.fromarray(image)
+    ImageDraw.Draw(im).text((4, 2), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def _fit(image: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.asarray(image, np.uint8)).resize((size, size)))
+
+
+def preview_sheet(result, size: int, spins: np.ndarray) -> np.ndarray:
+    """The sheet as uint8: three rows of `size`-px cells, eight cells wide."""
+    k = len(result.views)
+    first = [
+        _label(_fit(result.image, size), "input"),
+        _label(render_preview(result.coarse, size, 1, "shaded", up="y"), "coarse (P1)"),
+        _label(render_preview(result.refined, size, 1, "normal", up="y"), "refined (P2)"),
+        _label(_fit(to_uint8(result.normals[0]), size), "N, view 1"),
+        _label(_fit(to_uint8(result.t_hat[0]), size), "T_hat, view 1"),
+    ]
+    views = [_label(_fit(to_uint8(v), size), f"view {i + 1}") for i, v in enumerate(result.views)]
+    spin = [_fit(s, size) for s in spins]
+    spin[0] = _label(spin[0], "textured")
+    width = max(8, k, len(first), len(spin))
+    white = np.full((size, size, 3), 255, np.uint8)
+    rows = [r + [white] * (width - len(r)) for r in (first, views, spin)]
+    return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+
+
+def summary(result, config) -> dict:
+    mesh = result.mesh
+    return {
+        "name": result.name,
+        "input": {
+            "image": result.input.image,
+            "text": result.input.text,
+            "coarse_mesh": result.input.coarse_mesh,
+        },  # fmt: skip
+        "seconds": {k: round(v, 4) for k, v in result.seconds.items()},
+        "seconds_total": round(sum(result.seconds.values()), 4),
+        "refine_loss": {"first": result.refine_loss[0], "last": result.refine_loss[1]},
+        "coarse": {"vertices": len(result.coarse.vertices), "faces": len(result.coarse.faces)},
+        "refined": {
+            "vertices": len(result.refined.vertices),
+            "faces": len(result.refined.faces),
+            "watertight": bool(result.refined.is_watertight),
+        },  # fmt: skip
+        "textured": {
+            "vertices": len(mesh.vertices),
+            "faces": len(mesh.faces),
+            "texture_size": int(result.texture.shape[0]),
+            "coverage": round(result.coverage, 4),
+        },  # fmt: skip
+        "settings": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+    }
+
+
+def write_result(result, folder: str, config) -> dict[str, str]:
+    """Writes every file of one object into `folder` (through `folder.partial`, renamed when
+    complete, so a crash leaves no half-written object); returns {kind: path}."""
+    o = config.output
+    tmp = folder.rstrip("/") + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    export_glb(result.mesh, os.path.join(tmp, "mesh.glb"), up="y")
+    export_obj(result.mesh, tmp, name="mesh")
+    k = len(result.views)
+    rows = int(math.isqrt(k)) if math.isqrt(k) ** 2 == k else 1
+    Image.fromarray(to_uint8(grid_layout(jnp.asarray(result.views), rows))).save(
+        os.path.join(tmp, "views.png")
+    )
+    # one ring of renders: every (frames / 8)-th for the sheet, all of them for the GIF
+    count = 8 * max(1, o.turntable_frames // 8)
+    frames = turntable(result.mesh, o.preview_size, count)
+    spins = frames[:: count // 8]
+    Image.fromarray(preview_sheet(result, o.preview_size, spins)).save(
+        os.path.join(tmp, "preview.png")
+    )
+    if o.turntable_frames > 0:
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(os.path.join(tmp, "turntable.gif"), save_all=True,
+                       append_images=images[1:], duration=80, loop=0)  # fmt: skip
+    with open(os.path.join(tmp, SUMMARY), "w") as f:
+        json.dump(summary(result, config), f, indent=2)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))}

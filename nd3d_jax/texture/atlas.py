@@ -1,0 +1,221 @@
+"""UV atlases (paper stage M4): texture settings, xatlas unwrapping, UV-space rasterization.
+
+An atlas is the refined mesh split at chart seams, with one UV per vertex in [0, 1]^2 in the
+glTF convention: u to the right, v DOWN, so texel (row i, column j) of an S x S texture covers
+v in [i/S, (i+1)/S) and u in [j/S, (j+1)/S), centres at +0.5 (our rasterizer's pixel rule).
+
+xatlas's cost grows faster than linearly with the face count (0.7 s at 8k faces, 3.5 s at 20k
+on one core), so meshes above `TextureSettings.max_faces` are decimated first (quadric
+decimation); the texture is then baked on the decimated mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import trimesh
+import xatlas
+
+from nd3d_jax.errors import UserError
+from nd3d_jax.render.camera import orthographic
+from nd3d_jax.render.rasterize import default_work_budget, face_normals, interpolate, rasterize
+
+
+@dataclasses.dataclass(frozen=True)
+class TextureSettings:
+    """Every knob of unwrapping and baking.
+
+    size: texture side in texels.
+    padding: texels between charts asked of xatlas (`PackOptions.padding`); the packed atlas is
+        then scaled uniformly to fit `size`, so the gaps end up padding * size / packed side.
+    max_faces: decimate meshes with more faces before unwrapping (0: never).
+    cos_power: a view's weight at a texel is cos(normal, to-camera)^cos_power.
+    min_cos: views seeing a face at a grazing angle (cos below this) give it no colour.
+    silhouette_erode: pixels eroded from each view's object mask (the diffusion model blends
+        silhouette pixels with the background).
+    depth_tolerance: relative depth slack of the visibility test: a view pixel shows a texel when
+        it shows the texel's face, or a surface within depth_tolerance * depth of the texel's
+        depth (plus the depth change across one pixel at the face's slant).
+    view_weights: one weight per view (empty: all 1), e.g. to favour the front view.
+    dilate: texels each chart is grown outward into the gaps (so bilinear and mipmap lookups
+        never read background); the remaining gap texels get the mean chart colour.
+    """
+
+    size: int = 1024
+    padding: int = 4
+    max_faces: int = 20000
+    cos_power: float = 2.0
+    min_cos: float = 0.1
+    silhouette_erode: int = 1
+    depth_tolerance: float = 0.01
+    view_weights: tuple[float, ...] = ()
+    dilate: int = 8
+
+    def __post_init__(self):
+        def check(ok, what):
+            if not ok:
+                raise UserError(f"texture settings: {what}")
+
+        size, pad, erode = self.size, self.padding, self.silhouette_erode
+        check(isinstance(size, int) and 16 <= size <= 16384, f"size={size} must be in [16, 16384]")
+        check(isinstance(pad, int) and 0 <= pad < size // 4, f"padding={pad} not in [0, size/4)")
+        check(
+            isinstance(self.max_faces, int) and (self.max_faces == 0 or self.max_faces >= 100),
+            f"max_faces={self.max_faces} must be 0 (never decimate) or >= 100",
+        )
+        check(self.cos_power >= 0, f"cos_power={self.cos_power} must be >= 0")
+        check(0 <= self.min_cos < 1, f"min_cos={self.min_cos} must be in [0, 1)")
+        check(isinstance(erode, int) and erode >= 0, f"silhouette_erode={erode} must be >= 0")
+        check(self.depth_tolerance >= 0, f"depth_tolerance={self.depth_tolerance} must be >= 0")
+        weights = tuple(self.view_weights)
+        check(
+            all(w >= 0 for w in weights) and (not weights or max(weights) > 0),
+            f"view_weights={weights} must be >= 0 and not all 0",
+        )
+        check(isinstance(self.dilate, int) and self.dilate >= 0, f"dilate={self.dilate} < 0")
+
+
+@dataclasses.dataclass
+class UVAtlas:
+    """A mesh with a UV chart layout (vertices split at chart seams)."""
+
+    vertices: np.ndarray  # (V, 3) float32
+    faces: np.ndarray  # (F, 3) int32, in the unwrapped mesh's face order
+    uvs: np.ndarray  # (V, 2) float32 in [0, 1]; u right, v down (row = v * size)
+    source_vertex: np.ndarray  # (V,) int32 index into the unwrapped mesh's vertices
+    size: int
+    normals: np.ndarray | None = None  # (V, 3) smooth unit normals of the welded mesh
+
+    def __post_init__(self):
+        if self.normals is None:  # area-weighted, summed over the split copies of each vertex
+            tri = self.vertices[self.faces].astype(np.float64)
+            area_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+            acc = np.zeros((int(self.source_vertex.max()) + 1, 3))
+            np.add.at(acc, self.source_vertex[self.faces].reshape(-1), np.repeat(area_n, 3, 0))
+            acc /= np.maximum(np.linalg.norm(acc, axis=-1, keepdims=True), 1e-12)
+            self.normals = acc[self.source_vertex].astype(np.float32)
+
+
+def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """Quadric decimation to at most `max_faces` faces (the mesh itself when it has fewer)."""
+    if max_faces == 0 or len(mesh.faces) <= max_faces:
+        return mesh
+    out = mesh.simplify_quadric_decimation(face_count=max_faces)
+    return trimesh.Trimesh(out.vertices, out.faces, process=True)
+
+
+def unwrap(
+    mesh: trimesh.Trimesh, settings: TextureSettings | None = None
+) -> tuple[UVAtlas, trimesh.Trimesh]:
+    """xatlas charts packed into a `settings.size` square: the atlas and the (decimated) mesh it
+    was built on (its vertices are what `UVAtlas.source_vertex` indexes)."""
+    settings = settings or TextureSettings()
+    if len(mesh.faces) == 0:
+        raise UserError("texture: the mesh has no faces to unwrap")
+    base = decimate(mesh, settings.max_faces)
+    vertices = np.asarray(base.vertices, np.float32)
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(vertices, np.asarray(base.faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = settings.size
+    pack.padding = settings.padding
+    pack.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    for _ in range(3):  # its estimated scale rarely overflows `size`: then pack smaller, again
+        if atlas.atlas_count == 1:
+            break
+        pack.texels_per_unit = 0.7 * atlas.texels_per_unit
+        atlas.generate(xatlas.ChartOptions(), pack)
+    if atlas.atlas_count != 1:
+        raise RuntimeError(f"xatlas packed {atlas.atlas_count} atlases, expected one")
+    vmap, indices, uvs = atlas[0]
+    # xatlas normalises u by its width and v by its height, which only approximate `size`:
+    # back to packer texels, then one uniform scale into the square.
+    w, h = atlas.width, atlas.height
+    uvs = np.asarray(uvs, np.float64) * np.array([w, h]) / max(w, h)
+    return (
+        UVAtlas(
+            vertices=vertices[vmap],
+            faces=np.asarray(indices, np.int32),
+            uvs=np.clip(uvs, 0.0, 1.0).astype(np.float32),
+            source_vertex=np.asarray(vmap, np.int32),
+            size=settings.size,
+        ),
+        base,
+    )
+
+
+class TexelFragments(NamedTuple):
+    face_id: jax.Array  # (S, S) int32, -1 outside every chart
+    bary: jax.Array  # (S, S, 3)
+    position: jax.Array  # (S, S, 3) world position of each texel centre (0 outside)
+    normal: jax.Array  # (S, S, 3) smooth unit normal (0 outside)
+    face_normal: jax.Array  # (S, S, 3) the face's geometric normal (0 outside)
+    num_work: jax.Array  # () rasterizer work items needed (> budget: overflow)
+
+
+def uv_camera(size: int):
+    """An orthographic camera over the UV square: world (u, 1 - v, 0) lands on pixel (u, v) * S."""
+    c2w = np.eye(4, dtype=np.float32)
+    c2w[:3, 3] = (0.5, 0.5, 1.0)
+    return orthographic(c2w, size, size, extent=1.0)
+
+
+def texel_fragments_padded(vertices, faces, uvs, normals, face_mask, size: int, budget: int):
+    """`texel_fragments` on padded arrays (traceable; `size` and `budget` static)."""
+    flat = jnp.concatenate([uvs[:, :1], 1.0 - uvs[:, 1:2], jnp.zeros_like(uvs[:, :1])], -1)
+    frags = rasterize(uv_camera(size), flat, faces, face_mask, work_budget=budget)
+    hit = frags.mask[..., None]
+    n = interpolate(frags, faces, normals)
+    n = n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    fn = face_normals(vertices, faces)[jnp.maximum(frags.face_id, 0)]
+    return TexelFragments(
+        face_id=frags.face_id,
+        bary=frags.bary,
+        position=interpolate(frags, faces, vertices),
+        normal=jnp.where(hit, n, 0.0),
+        face_normal=jnp.where(hit, fn, 0.0),
+        num_work=frags.num_work,
+    )
+
+
+def bucket(n: int, minimum: int = 1024) -> int:
+    """Padded sizes 2^k or 1.5 * 2^k (>= minimum), so meshes share compiled programs."""
+    b = max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+    return b * 3 // 4 if b * 3 // 4 >= max(n, minimum) else b
+
+
+def padded_arrays(atlas: UVAtlas):
+    """The atlas's arrays padded to bucket sizes, with the (F,) face mask."""
+    nv, nf = len(atlas.vertices), len(atlas.faces)
+    bv, bf = bucket(nv), bucket(nf)
+
+    def pad(a, n):
+        return np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))
+
+    return dict(
+        vertices=jnp.asarray(pad(atlas.vertices, bv)),
+        faces=jnp.asarray(pad(atlas.faces, bf)),
+        uvs=jnp.asarray(pad(atlas.uvs, bv)),
+        normals=jnp.asarray(pad(atlas.normals, bv)),
+        face_mask=jnp.asarray(np.arange(bf) < nf),
+    )
+
+
+_texel_jit = jax.jit(texel_fragments_padded, static_argnames=("size", "budget"))
+
+
+def texel_fragments(atlas: UVAtlas) -> TexelFragments:
+    """UV-space rasterization of the atlas at its texture size: which face, where in 3D and with
+    which normal each texel centre lies (jitted, padded to bucket sizes)."""
+    arrays = padded_arrays(atlas)
+    budget = default_work_budget(len(arrays["faces"]), atlas.size, atlas.size, 8)
+    out = _texel_jit(**arrays, size=atlas.size, budget=budget)
+    if int(out.num_work) > budget:  # charts never overlap: only slivers get here
+        out = _texel_jit(**arrays, size=atlas.size, budget=bucket(int(out.num_work)))
+    return out

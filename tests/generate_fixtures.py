@@ -1,0 +1,65 @@
+"""Session fixtures for generation: a tiny trained-model workdir and coarse-mesh inputs.
+
+The workdir is what `python -m nd3d_jax.train --config=configs/demo.py:tiny` leaves (its
+config.json and params_final/), with the model's initial parameters: the pipeline's mechanics
+do not depend on how far training went, and no test waits for a trainer run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from data_pipelines.synthetic.shapes import make_object
+from nd3d_jax.config_cli import config_to_json, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_model_workdir(workdir: str, seed: int = 0) -> str:
+    import orbax.checkpoint as ocp
+
+    from nd3d_jax.stages.neurodiff3d import NeuroDiff3DStage
+
+    config = load_config(os.path.join(ROOT, "configs/demo.py:tiny"))
+    stage = NeuroDiff3DStage(config)
+    params = nn.unbox(stage.init(jax.random.key(seed)))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_to_json(config) + "\n")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(os.path.join(workdir, "params_final")), params)
+    return workdir
+
+
+def write_object_inputs(folder: str, categories=("chair", "mug", "sofa", "table")) -> list[dict]:
+    """One coloured coarse mesh (PLY, +Y up) and an RGBA input photo per category."""
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for i, cat in enumerate(categories):
+        mesh = make_object(cat, i)
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
+        mesh_path = os.path.join(folder, f"{cat}.ply")
+        mesh.export(mesh_path)
+        rgba = np.zeros((40, 30, 4), np.uint8)
+        rgba[8:32, 6:24] = [*mesh.visual.vertex_colors[0, :3], 255]
+        image_path = os.path.join(folder, f"{cat}.png")
+        Image.fromarray(rgba, "RGBA").save(image_path)
+        rows.append({"image": image_path, "text": f"a {cat}", "coarse_mesh": mesh_path})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return write_model_workdir(str(tmp_path_factory.mktemp("tiny_model")))
+
+
+@pytest.fixture(scope="session")
+def object_inputs(tmp_path_factory) -> list[dict]:
+    return write_object_inputs(str(tmp_path_factory.mktemp("object_inputs")))

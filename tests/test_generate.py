@@ -1,0 +1,177 @@
+"""`python -m nd3d_jax.generate` and `nd3d_jax.pipeline` end to end on the tiny model.
+
+The model is the tiny demo config's (its initial parameters: `generate_fixtures`); coarse
+shapes come from coloured synthetic meshes (`--coarse_mesh`), as in `make demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import trimesh
+from gltf_validator import assert_valid_glb
+from PIL import Image
+
+from nd3d_jax.config_cli import load_config
+from nd3d_jax.errors import UserError
+from nd3d_jax.pipeline import Generator, Result
+from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = ("mesh.glb", "mesh.obj", "mesh.mtl", "views.png", "preview.png", "turntable.gif",
+         "summary.json")  # fmt: skip
+
+
+def _config(model: str, **overrides):
+    c = load_config(os.path.join(ROOT, "configs/generate.py:tiny"))
+    c.params = model
+    for key, value in overrides.items():
+        node = c
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _objects(object_inputs, n):
+    return [ObjectInput(f"obj{i}", r["image"], r["text"], r["coarse_mesh"])
+            for i, r in enumerate(object_inputs[:n])]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sharded_and_single(tiny_model, object_inputs):
+    """The same 3 objects generated on 8 devices and on 1 (one batch of 8 each)."""
+    objects = _objects(object_inputs, 3)
+    out = {}
+    for n in (8, 1):
+        gen = Generator(_config(tiny_model, **{"mesh.num_devices": n}))
+        out[n] = gen.generate_many(objects)
+    return out
+
+
+def test_sharded_batch_equals_one_device(sharded_and_single):
+    eight, one = sharded_and_single[8], sharded_and_single[1]
+    for a, b in zip(eight, one, strict=True):
+        assert isinstance(a, Result) and isinstance(b, Result)
+        np.testing.assert_allclose(a.refined.vertices, b.refined.vertices, atol=1e-5)
+        np.testing.assert_array_equal(a.mesh.faces, b.mesh.faces)
+        np.testing.assert_allclose(a.views, b.views, atol=1e-5)
+        np.testing.assert_allclose(a.texture, b.texture, atol=1e-5)
+        assert a.coverage > 0.3
+    # different objects (and keys) give different views
+    assert np.abs(eight[0].views - eight[1].views).max() > 0.05
+
+
+def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
+    from nd3d_jax.pipeline.outputs import write_result
+
+    r = sharded_and_single[8][0]
+    k, tile = 4, 32
+    assert r.views.shape == (k, tile, tile, 3) and r.image.shape == (512, 512, 3)
+    assert set(r.seconds) == {"coarse", "refine", "conditions", "multiview", "bake"}
+    assert r.refined.is_watertight
+    tex = np.asarray(r.mesh.visual.material.baseColorTexture.convert("RGB"))
+    np.testing.assert_array_equal(tex, (np.clip(r.texture, 0, 1) * 255 + 0.5).astype(np.uint8))
+    files = write_result(r, str(tmp_path / "obj"), _config(""))
+    assert set(FILES) <= set(files)
+    assert_valid_glb(files["mesh.glb"])
+    scene = trimesh.load(files["mesh.glb"])
+    (loaded,) = scene.geometry.values()
+    assert len(loaded.faces) == len(r.mesh.faces)
+    np.testing.assert_allclose(loaded.visual.uv, r.mesh.visual.uv, atol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(loaded.visual.material.baseColorTexture.convert("RGB")), tex
+    )
+    sheet = np.asarray(Image.open(files["preview.png"]))
+    assert sheet.shape == (3 * 64, 8 * 64, 3)
+    gif = Image.open(files["turntable.gif"])
+    assert gif.n_frames == 8
+    summary = json.load(open(files["summary.json"]))
+    assert summary["textured"]["faces"] == len(r.mesh.faces)
+    assert summary["settings"]["texture"]["size"] == 128
+
+
+def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_path):
+    lines = [dict(r, name=f"o{i}") for i, r in enumerate(object_inputs)]
+    lines.insert(2, {"image": "missing.png", "text": "nothing here"})
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "nd3d_jax.generate", "--config=configs/generate.py:tiny",
+           f"--params={tiny_model}", f"--inputs={inputs}", f"--out={out}",
+           "--config.output.turntable_frames=0"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    glbs = sorted(str(p) for p in out.glob("*/mesh.glb"))
+    assert len(glbs) == 4
+    assert_valid_glb(*glbs)
+    report = json.load(open(out / "generate_report.json"))
+    assert len(report["done"]) == 4 and len(report["failed"]) == 1
+    assert "line 3" in report["failed"][0] and "missing.png" in report["failed"][0]
+    assert "4 generated" in run.stderr and "1 failed" in run.stderr
+    stamps = {p: os.path.getmtime(p) for p in glbs}
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 generated, 4 already done" in again.stderr
+    assert "model from" not in again.stderr  # nothing to do: the model is not even loaded
+    assert {p: os.path.getmtime(p) for p in glbs} == stamps
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out=X"], "give --image and/or --text"),
+        (["--out=X", "--text=a chair"], "no model: pass --params"),
+        (["--out=X", "--image=nope.png"], "image not found: nope.png"),
+        (["--text=a chair"], "--out=DIR is required"),
+        (["--out=X", "--text=t", "--coarse_mesh=a.txt"], "coarse mesh not found"),
+    ],
+)
+def test_command_errors(args, message, tmp_path):
+    config = os.path.join(ROOT, "configs/generate.py:tiny")
+    cmd = [sys.executable, "-m", "nd3d_jax.generate", f"--config={config}", *args]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_prepare_image_crops_rgba_and_keeps_rgb_whole():
+    rgba = np.zeros((50, 80, 4), np.uint8)
+    rgba[10:30, 20:30] = [200, 10, 10, 255]  # a 20 x 10 object
+    out = prepare_image(Image.fromarray(rgba, "RGBA"), 100, object_fraction=0.5)
+    red = (out[..., 0] > 150) & (out[..., 1] < 80)
+    rows, cols = np.nonzero(red)
+    # the object's longer side (20 px) fills half the square (40 px -> 100 px: 50 px)
+    assert abs((rows.max() - rows.min() + 1) - 50) <= 2
+    assert abs((cols.max() - cols.min() + 1) - 25) <= 2
+    assert abs((rows.min() + rows.max()) / 2 - 49.5) <= 1.5  # centred
+    assert (out[: rows.min() - 8] > 245).all() and (out[rows.max() + 9 :] > 245).all()  # white
+    rgb = np.zeros((20, 40, 3), np.uint8)  # black, no alpha: used whole, padded with white
+    out = prepare_image(Image.fromarray(rgb), 40)
+    assert (out[10:30] < 30).all() and (out[:8] > 225).all() and (out[32:] > 225).all()
+    empty = np.zeros((8, 8, 4), np.uint8)
+    with pytest.raises(UserError, match="alpha channel is empty"):
+        prepare_image(Image.fromarray(empty, "RGBA"), 16)
+
+
+def test_read_jsonl_reports_each_bad_line(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    lines = ['{"image": "a.png", "text": "x"}', "not json", '{"text": ""}',
+             '{"text": "ok", "colour": 1}', '["a"]', '{"text": "a chair"}']  # fmt: skip
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n\n")
+    rows = read_jsonl(str(path))
+    assert [isinstance(r, UserError) for r in rows] == [False, True, True, True, True, False]
+    assert rows[0].image == str(tmp_path / "a.png") and rows[0].name == "0000_a"
+    assert "line 2" in str(rows[1]) and "line 3" in str(rows[2])
+    assert "give an image, a text, or both" in str(rows[2])
+    assert "unknown keys ['colour']" in str(rows[3])
+    assert rows[5].name == "0005_a_chair"
