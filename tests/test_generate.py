@@ -175,3 +175,25 @@ def test_read_jsonl_reports_each_bad_line(tmp_path):
     assert "give an image, a text, or both" in str(rows[2])
     assert "unknown keys ['colour']" in str(rows[3])
     assert rows[5].name == "0005_a_chair"
+
+
+def test_shap_e_coarse_shapes_from_image_and_text(tiny_model, tiny_shap_e, object_inputs):
+    """No coarse mesh: Shap-E makes it, img2img for an image, the text pipeline for a text
+    alone (whose model input image is then the coarse shape seen from the first view)."""
+    config = _config(tiny_model, **{"prior.image_weights": tiny_shap_e["image"][0],
+                                    "prior.text_weights": tiny_shap_e["text"][0],
+                                    "prior.num_steps": 2, "prior.resolution": 32})  # fmt: skip
+    gen = Generator(config)
+    objects = [ObjectInput("img", object_inputs[0]["image"], "a chair"),
+               ObjectInput("txt", None, "a round thing")]  # fmt: skip
+    img, txt = gen.generate_many(objects)
+    for r in (img, txt):
+        assert isinstance(r, Result), r
+        assert len(r.coarse.faces) > 100 and len(r.refined.faces) > 100
+        lo, hi = r.coarse.bounds
+        assert np.isclose((hi - lo).max(), 1.0, atol=1e-4)  # the unit-cube frame
+        assert r.coverage > 0.3
+    assert (txt.image < 250).any(axis=-1).mean() > 0.05  # the rendered coarse shape, not blank
+    # a group's latents come from each object's own key: alone, the same coarse mesh
+    (again,) = gen.generate_many(objects[1:], indices=[1])
+    np.testing.assert_allclose(again.coarse.vertices, txt.coarse.vertices, atol=1e-5)

@@ -93,10 +93,12 @@ def device_mesh(num_devices: int) -> jax.sharding.Mesh:
 class Generator:
     """The loaded pipeline: the trained model, its compiled sampler, Shap-E when needed."""
 
-    def __init__(self, config: ml_collections.ConfigDict, log: Callable[[str], None] | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, log: Callable[[str], None] | None = None,
+                 model: MultiView | None = None):  # fmt: skip
+        """`model`: an already built `MultiView` (benchmarks), else `config.params`'s."""
         self.config = config
         self.log = log or LOG.info
-        if not config.params:
+        if model is None and not config.params:
             raise UserError(
                 "no model: pass --params=WORKDIR, a trainer workdir (`make demo` writes out/demo)"
             )
@@ -104,12 +106,12 @@ class Generator:
             raise UserError(f"batch_size must be >= 1, got {config.batch_size}")
         self.refine_settings = refine_settings(config)
         self.texture_settings = texture_settings(config)
-        self.mesh = device_mesh(config.mesh.num_devices)
+        self.mesh = model.mesh if model is not None else device_mesh(config.mesh.num_devices)
         # the batch splits over the data axis: a multiple of the device count
         n = self.mesh.size
         self.batch_size = -(-config.batch_size // n) * n
         t = time.perf_counter()
-        self.model = MultiView(config.params, config, self.mesh)
+        self.model = model or MultiView(config.params, config, self.mesh)
         self.log(f"model from {self.model.params_path} ({time.perf_counter() - t:.1f}s)")
         self._shap_e = {}
 
@@ -133,21 +135,35 @@ class Generator:
             self.log(f"Shap-E ({kind}) from {folder} ({time.perf_counter() - t:.1f}s)")
         return self._shap_e[kind]
 
-    def coarse(self, obj: ObjectInput, image: np.ndarray | None, key) -> coarse_lib.Coarse:
-        """Stage 1: the given coarse mesh, else Shap-E from the image, else from the text."""
+    def prior_kind(self, obj: ObjectInput, image: np.ndarray | None) -> str | None:
+        """Which Shap-E pipeline makes the object's coarse shape (None: its coarse mesh)."""
+        if obj.coarse_mesh:
+            return None
+        if image is not None and self.config.prior.image_weights:
+            return "image"
+        if not obj.text.strip():
+            raise UserError(f"{obj.name}: no text for Shap-E's text pipeline (and no image one)")
+        return "text"
+
+    def latents(self, kind: str, inputs: list, keys: list) -> np.ndarray:
+        """Stage 1 for a group of objects at once: Shap-E latents (n, 1024, 1024), each from
+        its own key's noise (the batch is sharded inside `ShapE`)."""
+        shap_e, p = self.shap_e(kind), self.config.prior
+        noise = jnp.stack([jax.random.normal(k, shap_e.latent_shape) for k in keys])
+        given = {"image": np.stack(inputs)} if kind == "image" else {"text": list(inputs)}
+        return np.asarray(
+            shap_e.sample_latents(
+                num_steps=p.num_steps, guidance=p.guidance or None, initial_noise=noise, **given
+            )  # fmt: skip
+        )
+
+    def coarse(self, obj: ObjectInput, latent: np.ndarray | None = None) -> coarse_lib.Coarse:
+        """Stage 1's shape: the given coarse mesh, or the Shap-E latent's mesh and field."""
         if obj.coarse_mesh:
             return coarse_lib.from_mesh_file(obj.coarse_mesh)
+        kind = "image" if self.config.prior.image_weights and obj.image else "text"
         p = self.config.prior
-        kind = "image" if image is not None and p.image_weights else "text"
-        if kind == "text" and not obj.text.strip():
-            raise UserError(f"{obj.name}: no text for Shap-E's text pipeline (and no image one)")
-        shap_e = self.shap_e(kind)
-        noise = jax.random.normal(key, (1, *shap_e.latent_shape))
-        given = {"image": image[None]} if kind == "image" else {"text": [obj.text]}
-        latents = shap_e.sample_latents(
-            num_steps=p.num_steps, guidance=p.guidance or None, initial_noise=noise, **given
-        )
-        return coarse_lib.from_shap_e(shap_e, np.asarray(latents[0]), p.resolution, p.grid)
+        return coarse_lib.from_shap_e(self.shap_e(kind), latent, p.resolution, p.grid)
 
     # ------------------------------------------------------------------ stage 2
     def refine(self, coarse: coarse_lib.Coarse):
@@ -203,24 +219,25 @@ class Generator:
                     progress(r.name if isinstance(r, Result) else "", r)
         return out
 
-    def _prepare(self, obj: ObjectInput, key) -> dict:
-        """Stages 1-3 for one object (host + one device)."""
-        seconds = {}
+    def _read(self, obj: ObjectInput) -> tuple[np.ndarray | None, str | None]:
         obj.check()
-        t = time.perf_counter()
-        size = self.config.image.size
         image = None
         if obj.image:
-            image = prepare_image(read_image(obj.image), size, self.config.image.object_fraction)
-        k_prior, _ = jax.random.split(key)
-        coarse = self.coarse(obj, image, k_prior)
-        seconds["coarse"] = time.perf_counter() - t
+            c = self.config.image
+            image = prepare_image(read_image(obj.image), c.size, c.object_fraction)
+        return image, self.prior_kind(obj, image)
+
+    def _prepare(self, obj: ObjectInput, image, latent, seconds: dict) -> dict:
+        """Stages 1-3 of one object after its latent (host + one device)."""
+        t = time.perf_counter()
+        coarse = self.coarse(obj, latent)
+        seconds["coarse"] = seconds.get("coarse", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         refined, losses = self.refine(coarse)
         seconds["refine"] = time.perf_counter() - t
         t = time.perf_counter()
         if image is None:  # text only: the model sees the coarse shape from the first view
-            image = _front_view(coarse.mesh, self.model.cameras, size)
+            image = _front_view(coarse.mesh, self.model.cameras, self.config.image.size)
         example = self.model.example(refined, image, obj.text)
         seconds["conditions"] = time.perf_counter() - t
         return {"obj": obj, "image": image, "coarse": coarse.mesh, "refined": refined,
@@ -228,11 +245,39 @@ class Generator:
 
     def _batch(self, chunk, seed: int):
         base = jax.random.key(seed)
-        ready, results = [], {}
+        results, read = {}, []
         for obj, index in chunk:
             key = jax.random.fold_in(base, index)
             try:
-                ready.append((self._prepare(obj, key), jax.random.fold_in(key, 1)))
+                t = time.perf_counter()
+                image, kind = self._read(obj)
+                read.append((obj, key, image, kind, {"coarse": time.perf_counter() - t}))
+            except OBJECT_ERRORS as e:
+                results[obj.name] = _named_error(obj, e)
+        latents = {}
+        for kind in ("image", "text"):  # Shap-E: each pipeline once for all its objects
+            group = [r for r in read if r[3] == kind]
+            if not group:
+                continue
+            t = time.perf_counter()
+            try:
+                inputs = [r[2] if kind == "image" else r[0].text for r in group]
+                out = self.latents(kind, inputs, [jax.random.fold_in(r[1], 0) for r in group])
+            except OBJECT_ERRORS as e:
+                for r in group:
+                    results[r[0].name] = _named_error(r[0], e)
+                continue
+            share = (time.perf_counter() - t) / len(group)
+            for r, latent in zip(group, out, strict=True):
+                latents[r[0].name] = latent
+                r[4]["coarse"] += share
+        ready = []
+        for obj, key, image, _, seconds in read:
+            if obj.name in results:
+                continue
+            try:
+                p = self._prepare(obj, image, latents.get(obj.name), seconds)
+                ready.append((p, jax.random.fold_in(key, 1)))
             except OBJECT_ERRORS as e:
                 results[obj.name] = _named_error(obj, e)
         if ready:

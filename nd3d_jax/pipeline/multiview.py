@@ -122,7 +122,11 @@ class MultiView:
         if m.get("tokenizer_path") or (m.get("clip") or {}).get("path"):
             return tokenizer(self.train_config, "")
         # the tiny tokenizer the trainer wrote (deterministic: rewritten if missing)
-        data_dir = self.train_config.data.data_dir or os.path.join(self.workdir, "data")
+        d = self.train_config.data
+        if d.synthetic_objects:  # where the trainer's input pipeline put it
+            data_dir = os.path.join(d.cache_dir or os.path.join(self.workdir, "data"), "tfds")
+        else:
+            data_dir = d.data_dir or os.path.join(self.workdir, "data")
         return tokenizer(self.train_config, data_dir)
 
     # ------------------------------------------------------------------ conditions
