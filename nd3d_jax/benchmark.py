@@ -30,6 +30,7 @@ SUITES = {
     "diffusion": "benchmarks.diffusion",
     "train": "benchmarks.train",
     "prior": "benchmarks.prior",
+    "generate": "benchmarks.generate",
 }
 
 

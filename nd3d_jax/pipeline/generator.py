@@ -292,6 +292,10 @@ class Generator:
                     split = {k: np.asarray(grid_split(v[i], c.grid_rows, c.grid_cols))
                              for k, v in sampled.items()}  # fmt: skip
                     p["seconds"]["multiview"] = per_object
+                    if not np.isfinite(split["sample"]).all():
+                        raise FloatingPointError(
+                            "the model's views are not finite (NaN/inf): check its parameters"
+                        )
                     t = time.perf_counter()
                     mesh, texture, coverage = self.bake(p["refined"], split["sample"])
                     p["seconds"]["bake"] = time.perf_counter() - t

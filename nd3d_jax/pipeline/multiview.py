@@ -100,14 +100,22 @@ def load_trained_params(workdir: str, shardings=None):
 class MultiView:
     """The trained NeuroDiff3D model of a trainer workdir, ready to sample K-view grids."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-        self.workdir = os.path.abspath(workdir)
-        self.train_config = _train_config(self.workdir)
+    def __init__(self, workdir: str | None, config: ml_collections.ConfigDict,
+                 mesh: jax.sharding.Mesh, *, train_config=None, params=None):  # fmt: skip
+        """The model of trainer `workdir`; or (benchmarks) `train_config` and `params` given,
+        `workdir` then only holds the tiny tokenizer when the config names no CLIP folder."""
+        self.workdir = os.path.abspath(workdir or ".")
+        self.train_config = train_config or _train_config(self.workdir)
         self.stage = NeuroDiff3DStage(self.train_config)
         self.model_config = c = self.stage.model_config
         self.config, self.mesh = config, mesh
         self.max_faces = int(self.train_config.data.max_faces)
-        self.params, self.params_path = load_trained_params(self.workdir, sharding.replicated(mesh))
+        if params is None:
+            replicated = sharding.replicated(mesh)
+            self.params, self.params_path = load_trained_params(self.workdir, replicated)
+        else:
+            self.params = jax.device_put(params, sharding.replicated(mesh))
+            self.params_path = "(given parameters)"
         self.inputs = ModelInputs(
             self._tokenizer(), text_length=c.text_length, semantic_length=c.semantic_length,
             grid_rows=c.grid_rows, grid_cols=c.grid_cols, tile_size=c.tile_size,

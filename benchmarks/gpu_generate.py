@@ -1,0 +1,201 @@
+"""Generation on one GPU: seconds per object per stage at the paper's sizes (random weights),
+beside the paper's 7 s per object (Table 3). Standalone: no `nd3d_jax.benchmark` and no
+tensorflow/tfds; needs trimesh, libigl, xatlas, fast-simplification, ml_collections and grain
+(carry their wheels: `GEN_SITE=/tmp/site` is appended to sys.path, after the machine's own
+packages).
+
+    PYTHONPATH=. python benchmarks/gpu_generate.py            # paper sizes
+    PYTHONPATH=. python benchmarks/gpu_generate.py --quick    # tiny model (CPU is fine)
+
+`python -m nd3d_jax.benchmark generate` runs the quick form on CPU in subprocesses (8
+simulated devices vs 1).
+
+What runs: `configs/neurodiff3d.py:random` (SD 1.5-sized UNet and VAE, CLIP ViT-B/32,
+ResNet-18, the adapter; bfloat16 compute) with random parameters, sampled by the generation
+pipeline with `configs/generate.py`'s paper settings (50 DDIM steps with guidance, K = 4 views
+of 256 px, refinement eq 4-7 on a 64^3 tet grid, 1024-texel textures). Coarse shapes are
+synthetic objects given as coarse meshes (a random Shap-E makes noise, not shapes); Shap-E's
+own stage is `benchmarks/gpu_prior.py` (64 Heun steps), and the 128^3 coarse-mesh extraction
+is timed here on a real shape's SDF. Each batch size runs twice; the second (warm) run counts.
+Prints JSON and writes $OUT/generate_gpu.json when $OUT is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.8")
+if os.environ.get("GEN_SITE"):
+    sys.path.append(os.environ["GEN_SITE"])
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+T0 = time.perf_counter()
+CATEGORIES = ("chair", "sofa", "table", "mug", "lamp", "bed", "vase", "desk")
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_generate {time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def write_inputs(folder: str, n: int) -> list:
+    """n synthetic objects: a coloured coarse mesh (PLY, +Y up) and an RGBA photo each."""
+    import trimesh
+    from PIL import Image
+
+    from data_pipelines.synthetic.shapes import make_object
+    from nd3d_jax.pipeline.inputs import ObjectInput
+
+    out = []
+    for i in range(n):
+        cat = CATEGORIES[i % len(CATEGORIES)]
+        mesh = make_object(cat, i)
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
+        mesh_path = os.path.join(folder, f"{i}_{cat}.ply")
+        mesh.export(mesh_path)
+        rgba = np.zeros((384, 384, 4), np.uint8)
+        rgba[64:320, 96:288] = [*mesh.visual.vertex_colors[0, :3], 255]
+        image_path = os.path.join(folder, f"{i}_{cat}.png")
+        Image.fromarray(rgba, "RGBA").save(image_path)
+        out.append(ObjectInput(f"{i}_{cat}", image_path, f"a {cat}", mesh_path))
+    return out
+
+
+def model(quick: bool, gen_config, mesh, workdir: str):
+    import flax.linen as nn
+
+    from configs import neurodiff3d
+    from nd3d_jax.pipeline.multiview import MultiView
+    from nd3d_jax.stages.neurodiff3d import NeuroDiff3DStage
+
+    train_config = neurodiff3d.get_config("variant=tiny" if quick else "variant=random")
+    train_config.data.data_dir = os.path.join(workdir, "data")
+    t = time.perf_counter()
+    stage = NeuroDiff3DStage(train_config)
+    # random parameters of the right shapes (N(0, 0.02); norm scales and running variances 1,
+    # running means 0): compiling the paper model's init takes minutes on a GPU, and the
+    # timings do not depend on the values
+    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(stage.abstract_params()))
+    keys = jax.random.split(jax.random.key(0), len(flat[0]))
+
+    def leaf(path, x, k):
+        name = str(path[-1])
+        if name in ("['scale']", "['var']"):
+            return jnp.ones(x.shape, x.dtype)
+        if name == "['mean']":
+            return jnp.zeros(x.shape, x.dtype)
+        return 0.02 * jax.random.normal(k, x.shape, x.dtype)
+
+    params = jax.tree.unflatten(
+        flat[1], [leaf(p, x, k) for (p, x), k in zip(flat[0], keys, strict=True)]
+    )
+    params = jax.block_until_ready(params)
+    count = sum(x.size for x in jax.tree.leaves(params))
+    log(f"model: {count / 1e6:.1f}M parameters, init {time.perf_counter() - t:.1f}s")
+    mv = MultiView(workdir, gen_config, mesh, train_config=train_config, params=params)
+    return mv, count
+
+
+def coarse_extraction(resolution: int) -> float:
+    """Seconds to mesh a real shape's SDF sampled on the R^3 coarse grid (the Shap-E stage's
+    host part after the field query)."""
+    from data_pipelines.shape_samples import signed_distance
+    from data_pipelines.synthetic.shapes import make_object
+    from nd3d_jax.pipeline.coarse import normalised
+    from nd3d_jax.prior.mesh import extract_coarse, grid_points
+
+    unit = normalised(make_object("chair", 0), "chair")
+    sdf = signed_distance(unit, grid_points(resolution) * 0.6)
+    extract_coarse(sdf, resolution)
+    t = time.perf_counter()
+    mesh = extract_coarse(sdf, resolution)
+    seconds = time.perf_counter() - t
+    log(f"coarse extraction {resolution}^3: {seconds:.2f}s ({len(mesh.faces)} faces)")
+    return seconds
+
+
+def run_batch(gen, objects, label: str) -> dict:
+    t = time.perf_counter()
+    results = gen.generate_many(objects)
+    wall = time.perf_counter() - t
+    bad = [r for r in results if isinstance(r, Exception)]
+    if bad:
+        raise RuntimeError(f"{label}: {bad[0]}")
+    stages = {k: statistics.mean(r.seconds[k] for r in results) for k in results[0].seconds}
+    faces = statistics.mean(len(r.mesh.faces) for r in results)
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+    log(f"{label}: {wall / len(objects):.2f} s/object; {parts}; {faces:.0f} faces")
+    return {"seconds_per_object": wall / len(objects), "stages": stages, "faces": faces,
+            "results": results}  # fmt: skip
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--texture_faces", default="8000", help="extra runs at these max_faces")
+    p.add_argument("--devices", type=int, default=1, help="the data axis (0: every device)")
+    p.add_argument("--no_outputs", action="store_true", help="skip timing the file writing")
+    a = p.parse_args(argv)
+    from configs import generate as generate_config
+    from nd3d_jax.pipeline import Generator
+    from nd3d_jax.pipeline.generator import device_mesh
+    from nd3d_jax.pipeline.outputs import write_result
+
+    batches = [int(b) for b in a.batches.split(",")]
+    gen_config = generate_config.get_config("variant=tiny" if a.quick else "variant=paper")
+    gen_config.prior.image_weights = gen_config.prior.text_weights = ""
+    gen_config.batch_size = max(batches)
+    mesh = device_mesh(a.devices)
+    out = {"device": jax.devices()[0].device_kind, "devices": mesh.size, "jax": jax.__version__,
+           "config": "tiny" if a.quick else "paper (random weights, bfloat16)",
+           "paper_seconds_per_object": 7.0}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        objects = write_inputs(tmp, max(batches))
+        mv, count = model(a.quick, gen_config, mesh, tmp)
+        out["parameters"] = count
+        gen = Generator(gen_config, log=log, model=mv)
+        out["coarse_extraction_128_s"] = coarse_extraction(32 if a.quick else 128)
+        runs = {}
+        for b in batches:
+            gen.batch_size = b  # one sampling program per batch size, as a user would run
+            run_batch(gen, objects[:b], f"batch {b} (first: compiles)")
+            runs[f"batch_{b}"] = run_batch(gen, objects[:b], f"batch {b}")
+        for faces in [int(f) for f in a.texture_faces.split(",") if f]:
+            gen.texture_settings = dataclasses.replace(gen.texture_settings, max_faces=faces)
+            b = max(batches)
+            run_batch(gen, objects[:b], f"batch {b}, texture max_faces {faces} (warm-up)")
+            runs[f"batch_{b}_faces_{faces}"] = run_batch(
+                gen, objects[:b], f"batch {b}, texture max_faces {faces}"
+            )
+        if not a.no_outputs:
+            last = runs[f"batch_{max(batches)}"]["results"][0]
+            write_result(last, os.path.join(tmp, "written"), gen_config)  # compiles
+            t = time.perf_counter()
+            write_result(last, os.path.join(tmp, "written"), gen_config)
+            out["write_outputs_s"] = time.perf_counter() - t
+            log(f"writing one object's files: {out['write_outputs_s']:.2f}s")
+        for r in runs.values():
+            del r["results"]
+        out["runs"] = runs
+    text = json.dumps(out, indent=2)
+    print(text)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "generate_gpu.json"), "w") as f:
+            f.write(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
