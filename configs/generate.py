@@ -100,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.refine.steps = 30
         c.refine.resolution = 24
         c.sample.num_steps = 2
+        c.prior.num_steps, c.prior.resolution = 4, 32
         c.texture.size = 128
         c.texture.max_faces = 2000
         c.output.update(preview_size=64, turntable_frames=8)

@@ -34,6 +34,7 @@ SLOW_FIRST = (
     "test_train.py",
     "test_sharded_init.py",
     "test_benchmark.py",
+    "test_generate.py",
     "test_readme.py",
     "test_model_inputs.py",
     "test_unet.py",

@@ -45,14 +45,21 @@ def _objects(object_inputs, n):
 
 
 @pytest.fixture(scope="module")
-def sharded_and_single(tiny_model, object_inputs):
-    """The same 3 objects generated on 8 devices and on 1 (one batch of 8 each)."""
+def generators(tiny_model, tiny_shap_e):
+    """{devices: Generator} on 8 devices and on 1, with the tiny Shap-E pipelines."""
+    return {
+        n: Generator(_config(tiny_model, **{"mesh.num_devices": n,
+                                            "prior.image_weights": tiny_shap_e["image"][0],
+                                            "prior.text_weights": tiny_shap_e["text"][0]}))
+        for n in (8, 1)
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sharded_and_single(generators, object_inputs):
+    """The same 3 objects (coarse meshes given) on 8 devices and on 1 (a batch of 8 each)."""
     objects = _objects(object_inputs, 3)
-    out = {}
-    for n in (8, 1):
-        gen = Generator(_config(tiny_model, **{"mesh.num_devices": n}))
-        out[n] = gen.generate_many(objects)
-    return out
+    return {n: gen.generate_many(objects) for n, gen in generators.items()}
 
 
 def test_sharded_batch_equals_one_device(sharded_and_single):
@@ -177,13 +184,10 @@ def test_read_jsonl_reports_each_bad_line(tmp_path):
     assert rows[5].name == "0005_a_chair"
 
 
-def test_shap_e_coarse_shapes_from_image_and_text(tiny_model, tiny_shap_e, object_inputs):
+def test_shap_e_coarse_shapes_from_image_and_text(generators, object_inputs):
     """No coarse mesh: Shap-E makes it, img2img for an image, the text pipeline for a text
     alone (whose model input image is then the coarse shape seen from the first view)."""
-    config = _config(tiny_model, **{"prior.image_weights": tiny_shap_e["image"][0],
-                                    "prior.text_weights": tiny_shap_e["text"][0],
-                                    "prior.num_steps": 2, "prior.resolution": 32})  # fmt: skip
-    gen = Generator(config)
+    gen = generators[8]
     objects = [ObjectInput("img", object_inputs[0]["image"], "a chair"),
                ObjectInput("txt", None, "a round thing")]  # fmt: skip
     img, txt = gen.generate_many(objects)
@@ -197,3 +201,23 @@ def test_shap_e_coarse_shapes_from_image_and_text(tiny_model, tiny_shap_e, objec
     # a group's latents come from each object's own key: alone, the same coarse mesh
     (again,) = gen.generate_many(objects[1:], indices=[1])
     np.testing.assert_allclose(again.coarse.vertices, txt.coarse.vertices, atol=1e-5)
+
+
+def test_export_examples_writes_generate_inputs(prepared, tmp_path):
+    from data_pipelines.export_examples import export_examples
+    from data_pipelines.loader import data_source
+
+    path = export_examples(prepared["data_dir"], "omniobject3d", "tiny", "test", 1,
+                           str(tmp_path))  # fmt: skip
+    rows = read_jsonl(path)
+    assert len(rows) == 1 and isinstance(rows[0], ObjectInput)
+    ex = data_source(prepared["data_dir"], "omniobject3d", "test", "tiny")[0]
+    assert rows[0].text == ex["caption"].decode()
+    np.testing.assert_array_equal(np.asarray(Image.open(rows[0].image)), ex["image"])
+    mesh = trimesh.load(rows[0].coarse_mesh, process=False)
+    np.testing.assert_allclose(mesh.vertices, ex["mesh_vertices"], atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, ex["mesh_faces"])
+    np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255, ex["mesh_colors"],
+                               atol=0.5 / 255 + 1e-6)  # fmt: skip
+    with pytest.raises(UserError, match="shapes, not 99"):
+        export_examples(prepared["data_dir"], "omniobject3d", "tiny", "test", 99, str(tmp_path))

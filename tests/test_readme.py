@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
+from generate_fixtures import write_model_workdir
 from hf_fixtures import make_clip_folder, make_diffusers_folder, make_resnet_folder
+from PIL import Image
 from shap_e_fixtures import save_shap_e
 
 from configs import presets
@@ -49,6 +52,10 @@ def readme_cwd(tmp_path_factory):
     adapter = presets.derive(presets.TINY_ADAPTER, downscale_factor=8)
     make_diffusers_folder(w / "t2i-adapter", "T2IAdapter", adapter)
     save_shap_e(w / "shap-e-img2img", "image")
+    write_model_workdir(str(cwd / "out" / "run"))  # the generation block's trainer WORKDIR
+    rgba = np.zeros((48, 40, 4), np.uint8)
+    rgba[8:40, 10:30] = (150, 90, 40, 255)
+    Image.fromarray(rgba, "RGBA").save(cwd / "chair.png")
     return cwd
 
 

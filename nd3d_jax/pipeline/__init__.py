@@ -22,12 +22,17 @@ def generate(
     params: str | None = None,
     coarse_mesh: str | None = None,
     seed: int | None = None,
-    config: ml_collections.ConfigDict | str = "configs/generate.py",
+    config: ml_collections.ConfigDict | str | None = None,
 ) -> Result:
-    """One object with a `Generator` built once per (config, params) and reused."""
+    """One object with a `Generator` built once per (config, params) and reused. `config`: a
+    ConfigDict, a `FILE.py[:args]` spec, or None for `configs/generate.py`'s paper settings."""
     from nd3d_jax.config_cli import load_config
 
-    if isinstance(config, str):
+    if config is None:
+        from configs.generate import get_config
+
+        config = get_config()
+    elif isinstance(config, str):
         config = load_config(config)
     if params is not None:
         config = ml_collections.ConfigDict(config.to_dict())

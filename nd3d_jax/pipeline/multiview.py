@@ -149,10 +149,7 @@ class MultiView:
         out["view_cameras/c2w"] = np.asarray(self.cameras.c2w, np.float32)
         out["view_cameras/focal"] = np.asarray(self.cameras.focal, np.float32)
         out["view_cameras/principal"] = np.asarray(self.cameras.principal, np.float32)
-        try:
-            v, f, colors = condition_mesh(refined, self.max_faces)
-        except ValueError as e:
-            raise UserError(f"the refined mesh cannot condition the model: {e}") from e
+        v, f, colors = self._condition_mesh(refined)
         padded = pad_mesh({"mesh_vertices": v, "mesh_faces": f, "mesh_colors": colors},
                           self.max_faces)  # fmt: skip
         out.update({k_: padded[k_] for k_ in ("mesh_vertices", "mesh_faces", "mesh_colors",
@@ -160,6 +157,20 @@ class MultiView:
         sampled = sample_faces(v, f, c.num_sampled_faces)
         out.update({f"faces/{k_}": val for k_, val in sampled.items()})
         return out
+
+    def _condition_mesh(self, refined: trimesh.Trimesh):
+        """The condition mesh within the trained `max_faces` (quadric decimation may overshoot
+        its target: the target shrinks until the mesh fits)."""
+        target = self.max_faces
+        for _ in range(8):
+            try:
+                v, f, colors = condition_mesh(refined, target)
+            except ValueError as e:
+                raise UserError(f"the refined mesh cannot condition the model: {e}") from e
+            if len(f) <= self.max_faces and len(v) <= 3 * self.max_faces:
+                return v, f, colors
+            target = int(target * self.max_faces / len(f) * 0.95)
+        raise UserError(f"the refined mesh cannot be decimated to {self.max_faces} faces")
 
     # ------------------------------------------------------------------ sampling
     def sample_fn(self):
