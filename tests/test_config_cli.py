@@ -247,7 +247,17 @@ def test_repo_configs():
     assert paper.model.clip.path == "clip-vit-base-patch32"
     assert paper.model.unet.path == "stable-diffusion-v1-5/unet"
     assert "total_steps" not in paper.optim and paper.train.total_steps == 50_000
-    assert paper.sample.to_dict() == dict(num_steps=50, guidance=7.5, eta=0.0, clip=0.0)
+    assert paper.sample.to_dict() == dict(
+        num_steps=50, guidance=7.5, eta=0.0, clip=0.0, sampler="ddim"
+    )
+    gen = load_config(os.path.join(ROOT, "configs/generate.py"))
+    assert gen.command == "generate" and gen.image.size == 512  # paper: 512 x 512 inputs
+    assert (gen.refine.steps, gen.refine.learning_rate, gen.refine.num_key_points) == (
+        50,
+        1e-4,
+        2048,
+    )  # eq 4-7
+    assert (gen.sample.num_steps, gen.texture.size, gen.prior.num_steps) == (50, 1024, 64)
     for removed in ("preview_steps", "guidance", "clip_sample"):
         assert removed not in paper.train
     pix3d = load_config(os.path.join(ROOT, "configs/neurodiff3d.py:dataset=pix3d,variant=random"))
@@ -261,7 +271,9 @@ def test_repo_configs():
     )
 
     demo = load_config(os.path.join(ROOT, "configs/demo.py"))
-    assert demo.sample.to_dict() == dict(num_steps=25, guidance=2.0, eta=0.0, clip=1.0)
+    assert demo.sample.to_dict() == dict(
+        num_steps=25, guidance=2.0, eta=0.0, clip=1.0, sampler="ddim"
+    )
     assert demo.train.total_steps == 300 and demo.model.tile_size == 32
     demo_tiny = load_config(os.path.join(ROOT, "configs/demo.py:variant=tiny"))
     assert demo_tiny.train.total_steps == 6 and demo_tiny.sample.num_steps == 2
