@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # M4: texture baking
     c.texture = ml_collections.ConfigDict(dataclasses.asdict(TextureSettings()))
 
-    # preview sheet cells and turntable frames (px); turntable frames: 0 = no GIF
+    # preview sheet cells (px); turntable frames: 0 (no GIF) or a multiple of 8
     c.output = ml_collections.ConfigDict(dict(preview_size=256, turntable_frames=24))
 
     if a.variant in ("demo", "tiny"):

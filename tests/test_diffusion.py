@@ -131,6 +131,21 @@ def test_ddpm_sampler_runs_in_one_scan_and_guidance():
     np.testing.assert_allclose(d.classifier_free_guidance(u, c, 1.0), c)
 
 
+def test_per_example_keys_make_the_batch_split_invariant():
+    """DDPM with one key per example: each example's run equals that example alone."""
+    s = d.make_schedule(d.ScheduleConfig(num_train_timesteps=50))
+    run = jax.jit(lambda x, k: d.sample(lambda x, t: 0.1 * x, s, x, k, 10, sampler="ddpm"))
+    x = jnp.arange(3.0)[:, None, None, None] * jnp.ones((3, 2, 2, 1))
+    keys = jax.random.split(jax.random.key(0), 3)
+    both = run(x, keys)
+    for i in range(3):
+        np.testing.assert_allclose(run(x[i : i + 1], keys[i : i + 1]), both[i : i + 1], atol=1e-6)
+    assert float(jnp.abs(both[0] - both[1]).max()) > 0.1
+    assert d.per_example_keys(keys) and not d.per_example_keys(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="batch of typed keys"):
+        d.per_example_keys(jax.random.split(jax.random.PRNGKey(0), 3))
+
+
 def test_targets_and_masked_loss():
     s = d.make_schedule(d.ScheduleConfig(prediction_type="v_prediction"))
     x0, eps, t = jnp.ones((2, 2, 2, 1)), jnp.full((2, 2, 2, 1), 2.0), jnp.array([10, 900])

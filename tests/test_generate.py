@@ -99,6 +99,11 @@ def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
     assert sheet.shape == (3 * 64, 8 * 64, 3)
     gif = Image.open(files["turntable.gif"])
     assert gif.n_frames == 8
+    again = write_result(r, str(tmp_path / "obj"), _config(""))  # replaces the old result
+    assert again == files and sorted(os.listdir(tmp_path)) == ["obj"]
+    bad = _config("", **{"output.turntable_frames": 5})
+    with pytest.raises(UserError, match="multiple of 8"):
+        write_result(r, str(tmp_path / "obj"), bad)
     summary = json.load(open(files["summary.json"]))
     assert summary["textured"]["faces"] == len(r.mesh.faces)
     assert summary["settings"]["texture"]["size"] == 128
@@ -201,23 +206,3 @@ def test_shap_e_coarse_shapes_from_image_and_text(generators, object_inputs):
     # a group's latents come from each object's own key: alone, the same coarse mesh
     (again,) = gen.generate_many(objects[1:], indices=[1])
     np.testing.assert_allclose(again.coarse.vertices, txt.coarse.vertices, atol=1e-5)
-
-
-def test_export_examples_writes_generate_inputs(prepared, tmp_path):
-    from data_pipelines.export_examples import export_examples
-    from data_pipelines.loader import data_source
-
-    path = export_examples(prepared["data_dir"], "omniobject3d", "tiny", "test", 1,
-                           str(tmp_path))  # fmt: skip
-    rows = read_jsonl(path)
-    assert len(rows) == 1 and isinstance(rows[0], ObjectInput)
-    ex = data_source(prepared["data_dir"], "omniobject3d", "test", "tiny")[0]
-    assert rows[0].text == ex["caption"].decode()
-    np.testing.assert_array_equal(np.asarray(Image.open(rows[0].image)), ex["image"])
-    mesh = trimesh.load(rows[0].coarse_mesh, process=False)
-    np.testing.assert_allclose(mesh.vertices, ex["mesh_vertices"], atol=1e-6)
-    np.testing.assert_array_equal(mesh.faces, ex["mesh_faces"])
-    np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255, ex["mesh_colors"],
-                               atol=0.5 / 255 + 1e-6)  # fmt: skip
-    with pytest.raises(UserError, match="shapes, not 99"):
-        export_examples(prepared["data_dir"], "omniobject3d", "tiny", "test", 99, str(tmp_path))

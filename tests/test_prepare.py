@@ -146,3 +146,28 @@ def test_keep_implausible_keeps_the_sheet_with_a_warning(prepared, tmp_path, cap
     out, err = capsys.readouterr()
     assert "Downloading and preparing" not in out and "downloaded and prepared" not in out
     assert not any(c in out + err + "".join(logs) for c in "\x1b\r")
+
+
+def test_export_examples_writes_generate_inputs(prepared, tmp_path):
+    """Prepared test examples -> `generate` inputs (make demo): photo, caption, mesh."""
+    from PIL import Image
+
+    from data_pipelines.export_examples import export_examples
+    from data_pipelines.loader import data_source
+    from nd3d_jax.errors import UserError
+    from nd3d_jax.pipeline.inputs import ObjectInput, read_jsonl
+
+    path = export_examples(prepared["data_dir"], "omniobject3d", "tiny", "test", 1,
+                           str(tmp_path))  # fmt: skip
+    rows = read_jsonl(path)
+    assert len(rows) == 1 and isinstance(rows[0], ObjectInput)
+    ex = data_source(prepared["data_dir"], "omniobject3d", "test", "tiny")[0]
+    assert rows[0].text == ex["caption"].decode()
+    np.testing.assert_array_equal(np.asarray(Image.open(rows[0].image)), ex["image"])
+    mesh = trimesh.load(rows[0].coarse_mesh, process=False)
+    np.testing.assert_allclose(mesh.vertices, ex["mesh_vertices"], atol=1e-6)
+    np.testing.assert_array_equal(mesh.faces, ex["mesh_faces"])
+    np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255, ex["mesh_colors"],
+                               atol=0.5 / 255 + 1e-6)  # fmt: skip
+    with pytest.raises(UserError, match="shapes, not 99"):
+        export_examples(prepared["data_dir"], "omniobject3d", "tiny", "test", 99, str(tmp_path))

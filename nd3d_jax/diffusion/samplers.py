@@ -108,8 +108,15 @@ def timesteps(num_train: int, num_steps: int, spacing: str = "leading", offset: 
 
 def per_example_keys(key: jax.Array) -> bool:
     """True for a batch of typed keys (B,) (`jax.random.key`), False for one key (typed, or
-    a legacy uint32 `PRNGKey`)."""
-    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+    a legacy uint32 `PRNGKey`); a batch of legacy keys (B, 2) is an error."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    if key.ndim != 1:
+        raise ValueError(
+            f"keys of shape {key.shape}: pass one key, or a batch of typed keys "
+            "(jax.random.key / jax.random.wrap_key_data)"
+        )
+    return False
 
 
 def sample(

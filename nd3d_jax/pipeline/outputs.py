@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import pinhole, ring_poses
 from nd3d_jax.render.maps import grid_layout, to_uint8
 from nd3d_jax.render.preview import render_preview
@@ -119,9 +120,27 @@ def write_result(result, folder: str, config) -> dict[str, str]:
     """Writes every file of one object into `folder` (through `folder.partial`, renamed when
     complete, so a crash leaves no half-written object); returns {kind: path}."""
     o = config.output
+    if o.turntable_frames < 0 or o.turntable_frames % 8:
+        raise UserError(f"output.turntable_frames={o.turntable_frames}: use 0 or a multiple of 8")
     tmp = folder.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        _write_files(result, tmp, config)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = folder.rstrip("/") + ".old"
+    if os.path.isdir(folder):  # the previous result stays whole until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))}
+
+
+def _write_files(result, tmp: str, config) -> None:
+    o = config.output
     export_glb(result.mesh, os.path.join(tmp, "mesh.glb"), up="y")
     export_obj(result.mesh, tmp, name="mesh")
     k = len(result.views)
@@ -130,10 +149,9 @@ def write_result(result, folder: str, config) -> dict[str, str]:
         os.path.join(tmp, "views.png")
     )
     # one ring of renders: every (frames / 8)-th for the sheet, all of them for the GIF
-    count = 8 * max(1, o.turntable_frames // 8)
+    count = max(8, o.turntable_frames)
     frames = turntable(result.mesh, o.preview_size, count)
-    spins = frames[:: count // 8]
-    Image.fromarray(preview_sheet(result, o.preview_size, spins)).save(
+    Image.fromarray(preview_sheet(result, o.preview_size, frames[:: count // 8])).save(
         os.path.join(tmp, "preview.png")
     )
     if o.turntable_frames > 0:
@@ -142,7 +160,3 @@ def write_result(result, folder: str, config) -> dict[str, str]:
                        append_images=images[1:], duration=80, loop=0)  # fmt: skip
     with open(os.path.join(tmp, SUMMARY), "w") as f:
         json.dump(summary(result, config), f, indent=2)
-    if os.path.isdir(folder):
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))}

@@ -63,6 +63,15 @@ def _oriented(mesh: trimesh.Trimesh, up: str) -> trimesh.Trimesh:
     return out
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import (setting it is process-wide, not thread-safe)
+
+
 def _atomic_write(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -70,9 +79,7 @@ def _atomic_write(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's files are private; ours are ordinary files
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's files are private; ours are ordinary files
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
