@@ -36,7 +36,7 @@ from nd3d_jax.geometry.mesh_ops import MeshError
 from nd3d_jax.geometry.refine import RefineSettings, refine_mesh
 from nd3d_jax.pipeline import coarse as coarse_lib
 from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_image
-from nd3d_jax.pipeline.multiview import MultiView
+from nd3d_jax.pipeline.multiview import MultiView, colors_at
 from nd3d_jax.render.maps import grid_split
 from nd3d_jax.texture import TextureSettings, bake, textured_trimesh, unwrap
 
@@ -172,7 +172,7 @@ class Generator:
         refined = result.mesh
         if len(refined.faces) == 0:
             raise UserError("refinement found no surface (the coarse field has no inside)")
-        refined.visual.vertex_colors = _colors_from(coarse.mesh, refined.vertices)
+        refined.visual.vertex_colors = colors_at(coarse.mesh, refined.vertices)
         return refined, (float(result.losses[0]), float(result.losses[-1]))
 
     # ------------------------------------------------------------------ stage 5
@@ -180,7 +180,7 @@ class Generator:
         """Stage 5: the atlas of the refined mesh and the K views baked into it."""
         s = self.texture_settings
         atlas, unwrapped = unwrap(refined, s)
-        fill = _colors_from(refined, unwrapped.vertices)[:, :3] / 255.0
+        fill = colors_at(refined, unwrapped.vertices)[:, :3] / 255.0
         out = bake(atlas, self.model.cameras, views, fill[atlas.source_vertex], s)
         texture = np.asarray(out.texture)
         chart = np.asarray(out.chart)
@@ -312,18 +312,6 @@ class Generator:
 def _named_error(obj: ObjectInput, e: Exception) -> UserError:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return UserError(msg if msg.startswith(obj.name) else f"{obj.name}: {msg}")
-
-
-def _colors_from(source: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N, 4) uint8 RGBA: `source`'s surface colour at the closest point to each point."""
-    from data_pipelines.shape_samples import closest_points, surface_colors
-
-    _, closest, tri = closest_points(source, points)
-    bary = trimesh.triangles.points_to_barycentric(source.triangles[tri], closest)
-    bary = np.clip(bary, 0.0, 1.0)
-    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
-    rgb = surface_colors(source, tri, bary)
-    return np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
 
 
 def _front_view(mesh: trimesh.Trimesh, cameras, size: int) -> np.ndarray:
