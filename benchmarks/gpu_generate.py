@@ -39,7 +39,6 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 T0 = time.perf_counter()
 CATEGORIES = ("chair", "sofa", "table", "mug", "lamp", "bed", "vase", "desk")
@@ -50,26 +49,12 @@ def log(msg: str) -> None:
 
 
 def write_inputs(folder: str, n: int) -> list:
-    """n synthetic objects: a coloured coarse mesh (PLY, +Y up) and an RGBA photo each."""
-    import trimesh
-    from PIL import Image
-
-    from data_pipelines.synthetic.shapes import make_object
+    """n synthetic objects: a coloured coarse mesh and an RGBA photo each."""
+    from data_pipelines.export_examples import write_synthetic_inputs
     from nd3d_jax.pipeline.inputs import ObjectInput
 
-    out = []
-    for i in range(n):
-        cat = CATEGORIES[i % len(CATEGORIES)]
-        mesh = make_object(cat, i)
-        mesh.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
-        mesh_path = os.path.join(folder, f"{i}_{cat}.ply")
-        mesh.export(mesh_path)
-        rgba = np.zeros((384, 384, 4), np.uint8)
-        rgba[64:320, 96:288] = [*mesh.visual.vertex_colors[0, :3], 255]
-        image_path = os.path.join(folder, f"{i}_{cat}.png")
-        Image.fromarray(rgba, "RGBA").save(image_path)
-        out.append(ObjectInput(f"{i}_{cat}", image_path, f"a {cat}", mesh_path))
-    return out
+    categories = [CATEGORIES[i % len(CATEGORIES)] for i in range(n)]
+    return [ObjectInput(**row) for row in write_synthetic_inputs(folder, categories)]
 
 
 def model(quick: bool, gen_config, mesh, workdir: str):

@@ -71,6 +71,28 @@ def export_examples(data_dir: str, dataset: str, config: str, split: str, count:
     return path
 
 
+def write_synthetic_inputs(folder: str, categories) -> list[dict]:
+    """Generate inputs without a data set (tests, benchmarks): per category a procedural
+    coloured object as the coarse mesh (PLY, +Y up) and an RGBA photo of a block of its colour;
+    returns the `inputs.jsonl` rows (absolute paths)."""
+    from data_pipelines.synthetic.shapes import make_object
+
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for i, cat in enumerate(categories):
+        mesh = make_object(cat, i)
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
+        mesh_path = os.path.join(folder, f"{i}_{cat}.ply")
+        mesh.export(mesh_path)
+        rgba = np.zeros((40, 30, 4), np.uint8)
+        rgba[8:32, 6:24] = [*mesh.visual.vertex_colors[0, :3], 255]
+        image_path = os.path.join(folder, f"{i}_{cat}.png")
+        Image.fromarray(rgba, "RGBA").save(image_path)
+        rows.append({"name": f"{i}_{cat}", "image": image_path, "text": f"a {cat}",
+                     "coarse_mesh": mesh_path})  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m data_pipelines.export_examples",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip

@@ -95,27 +95,42 @@ def closest_points(mesh: trimesh.Trimesh, points: np.ndarray):
     return np.sqrt(sq), closest, face
 
 
+def closest_colors(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] (float32) of `mesh`'s surface at the closest point to each of `points`."""
+    _, closest, tri = closest_points(mesh, points)
+    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], closest)
+    bary = np.clip(bary, 0.0, 1.0)
+    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+    return surface_colors(mesh, tri, bary)
+
+
 def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
     """The mesh the model renders its conditions from and samples f_struc's faces of: the
     surface with vertices welded by position (scans split them along UV seams), at most
     `max_faces` faces (quadric decimation, fast-simplification), with per-vertex colours taken
     from the original surface at each vertex's closest point. (V, 3) float32 vertices, (F, 3)
-    int32 faces, (V, 3) float32 colours. The face winding is `mesh`'s, so orient it first."""
+    int32 faces, (V, 3) float32 colours. The face winding is `mesh`'s, so orient it first.
+
+    One decimation pass may overshoot its target or stall above it (fast-simplification stops
+    at some meshes' limit): further passes on the pass's result, at smaller targets, go on
+    until the mesh fits."""
     vertices, faces = weld(mesh.vertices, mesh.faces)
     simple = trimesh.Trimesh(vertices, faces, process=False)
     simple.remove_unreferenced_vertices()
-    if len(simple.faces) > max_faces:
-        simple = simple.simplify_quadric_decimation(face_count=max_faces)
+    target = max_faces
+    for _ in range(8):
+        if len(simple.faces) <= max_faces:
+            break
+        simple = simple.simplify_quadric_decimation(face_count=target)
+        target = max(4, int(target * max_faces / max(len(simple.faces), 1) * 0.95))
     if len(simple.faces) == 0:
         raise ValueError("mesh decimation left no faces")
-    _, closest, tri = closest_points(mesh, simple.vertices)
-    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], closest)
-    bary = np.clip(bary, 0.0, 1.0)
-    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
+    if len(simple.faces) > max_faces:
+        raise ValueError(f"mesh decimation stopped at {len(simple.faces)} > {max_faces} faces")
     return (
         np.asarray(simple.vertices, np.float32),
         np.asarray(simple.faces, np.int32),
-        surface_colors(mesh, tri, bary),
+        closest_colors(mesh, simple.vertices),
     )
 
 

@@ -11,12 +11,9 @@ import os
 
 import flax.linen as nn
 import jax
-import numpy as np
 import pytest
-import trimesh
-from PIL import Image
 
-from data_pipelines.synthetic.shapes import make_object
+from data_pipelines.export_examples import write_synthetic_inputs
 from nd3d_jax.config_cli import config_to_json, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,23 +35,6 @@ def write_model_workdir(workdir: str, seed: int = 0) -> str:
     return workdir
 
 
-def write_object_inputs(folder: str, categories=("chair", "mug", "sofa", "table")) -> list[dict]:
-    """One coloured coarse mesh (PLY, +Y up) and an RGBA input photo per category."""
-    os.makedirs(folder, exist_ok=True)
-    rows = []
-    for i, cat in enumerate(categories):
-        mesh = make_object(cat, i)
-        mesh.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
-        mesh_path = os.path.join(folder, f"{cat}.ply")
-        mesh.export(mesh_path)
-        rgba = np.zeros((40, 30, 4), np.uint8)
-        rgba[8:32, 6:24] = [*mesh.visual.vertex_colors[0, :3], 255]
-        image_path = os.path.join(folder, f"{cat}.png")
-        Image.fromarray(rgba, "RGBA").save(image_path)
-        rows.append({"image": image_path, "text": f"a {cat}", "coarse_mesh": mesh_path})
-    return rows
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return write_model_workdir(str(tmp_path_factory.mktemp("tiny_model")))
@@ -62,4 +42,5 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def object_inputs(tmp_path_factory) -> list[dict]:
-    return write_object_inputs(str(tmp_path_factory.mktemp("object_inputs")))
+    folder = str(tmp_path_factory.mktemp("object_inputs"))
+    return write_synthetic_inputs(folder, ("chair", "mug", "sofa", "table"))

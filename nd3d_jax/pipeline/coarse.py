@@ -23,7 +23,7 @@ import trimesh
 
 from data_pipelines.mesh_repair import repair_orientation
 from data_pipelines.shape_samples import (
-    closest_points,
+    closest_colors,
     signed_distance,
     surface_colors,
     unit_cube_transform,
@@ -45,6 +45,12 @@ class Coarse:
     mesh: trimesh.Trimesh  # vertex colours: sRGB uint8
     field: FieldFn  # points (N, 3) -> (sdf (N,) negative inside, f_tex (N, 64))
     source: str  # "shap_e" or the mesh file
+
+
+def rgba(rgb: np.ndarray) -> np.ndarray:
+    """RGB in [0, 1] -> (N, 4) uint8 RGBA vertex colours (opaque)."""
+    rgb = np.round(np.clip(rgb, 0.0, 1.0) * 255)
+    return np.concatenate([rgb, np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
 
 
 def vertex_colors01(mesh: trimesh.Trimesh) -> np.ndarray:
@@ -71,9 +77,7 @@ def normalised(mesh: trimesh.Trimesh, name: str) -> trimesh.Trimesh:
     out = trimesh.Trimesh(
         (np.asarray(mesh.vertices) - centre) * scale,
         np.asarray(mesh.faces),
-        vertex_colors=np.concatenate(
-            [np.round(colors * 255), np.full((len(colors), 1), 255)], 1
-        ).astype(np.uint8),
+        vertex_colors=rgba(colors),
         process=False,
     )
     repaired = repair_orientation(out).mesh
@@ -88,12 +92,8 @@ def mesh_field(mesh: trimesh.Trimesh) -> FieldFn:
     def field(points: np.ndarray):
         points = np.asarray(points, np.float64)
         sdf = signed_distance(mesh, points)
-        _, closest, tri = closest_points(mesh, points)
-        bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], closest)
-        bary = np.clip(bary, 0.0, 1.0)
-        bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
         feats = np.zeros((len(points), FEATURE_DIM), np.float32)
-        feats[:, :3] = surface_colors(mesh, tri, bary)
+        feats[:, :3] = closest_colors(mesh, points)
         return sdf, feats
 
     return field

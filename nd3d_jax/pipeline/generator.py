@@ -30,13 +30,14 @@ import ml_collections
 import numpy as np
 import trimesh
 
+from data_pipelines.shape_samples import closest_colors
 from nd3d_jax import sharding
 from nd3d_jax.errors import UserError
 from nd3d_jax.geometry.mesh_ops import MeshError
 from nd3d_jax.geometry.refine import RefineSettings, refine_mesh
 from nd3d_jax.pipeline import coarse as coarse_lib
 from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_image
-from nd3d_jax.pipeline.multiview import MultiView, colors_at
+from nd3d_jax.pipeline.multiview import MultiView
 from nd3d_jax.render.maps import grid_split
 from nd3d_jax.texture import TextureSettings, bake, textured_trimesh, unwrap
 
@@ -172,7 +173,9 @@ class Generator:
         refined = result.mesh
         if len(refined.faces) == 0:
             raise UserError("refinement found no surface (the coarse field has no inside)")
-        refined.visual.vertex_colors = colors_at(coarse.mesh, refined.vertices)
+        refined.visual.vertex_colors = coarse_lib.rgba(
+            closest_colors(coarse.mesh, refined.vertices)
+        )
         return refined, (float(result.losses[0]), float(result.losses[-1]))
 
     # ------------------------------------------------------------------ stage 5
@@ -180,7 +183,7 @@ class Generator:
         """Stage 5: the atlas of the refined mesh and the K views baked into it."""
         s = self.texture_settings
         atlas, unwrapped = unwrap(refined, s)
-        fill = colors_at(refined, unwrapped.vertices)[:, :3] / 255.0
+        fill = closest_colors(refined, unwrapped.vertices)
         out = bake(atlas, self.model.cameras, views, fill[atlas.source_vertex], s)
         texture = np.asarray(out.texture)
         chart = np.asarray(out.chart)

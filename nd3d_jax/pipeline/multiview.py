@@ -149,7 +149,10 @@ class MultiView:
         out["view_cameras/c2w"] = np.asarray(self.cameras.c2w, np.float32)
         out["view_cameras/focal"] = np.asarray(self.cameras.focal, np.float32)
         out["view_cameras/principal"] = np.asarray(self.cameras.principal, np.float32)
-        v, f, colors = self._condition_mesh(refined)
+        try:
+            v, f, colors = condition_mesh(refined, self.max_faces)
+        except ValueError as e:
+            raise UserError(f"the refined mesh cannot condition the model: {e}") from e
         padded = pad_mesh({"mesh_vertices": v, "mesh_faces": f, "mesh_colors": colors},
                           self.max_faces)  # fmt: skip
         out.update({k_: padded[k_] for k_ in ("mesh_vertices", "mesh_faces", "mesh_colors",
@@ -157,25 +160,6 @@ class MultiView:
         sampled = sample_faces(v, f, c.num_sampled_faces)
         out.update({f"faces/{k_}": val for k_, val in sampled.items()})
         return out
-
-    def _condition_mesh(self, refined: trimesh.Trimesh):
-        """The condition mesh within the trained `max_faces`. Quadric decimation may overshoot
-        its target, or stall above it in one pass (fast-simplification): the target shrinks,
-        and a stalled pass restarts from the mesh decimated once, its colours resampled."""
-        target, source, last = self.max_faces, refined, None
-        for _ in range(8):
-            try:
-                v, f, colors = condition_mesh(source, target)
-            except ValueError as e:
-                raise UserError(f"the refined mesh cannot condition the model: {e}") from e
-            if len(f) <= self.max_faces and len(v) <= 3 * self.max_faces:
-                return v, f, colors
-            if len(f) == last:  # stalled: decimate what it reached again
-                source = trimesh.Trimesh(v, f, process=False)
-                source.visual.vertex_colors = colors_at(refined, v)
-            last = len(f)
-            target = max(4, int(target * self.max_faces / len(f) * 0.95))
-        raise UserError(f"the refined mesh cannot be decimated to {self.max_faces} faces")
 
     # ------------------------------------------------------------------ sampling
     def sample_fn(self):
@@ -206,15 +190,3 @@ class MultiView:
         keys = jax.device_put(keys, rows)
         out = jax.device_get(self.sample_fn()(self.params, batch, keys))
         return {k: v[:n] for k, v in out.items()}
-
-
-def colors_at(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
-    """(N, 4) uint8: `mesh`'s surface colour at the closest point to each point."""
-    from data_pipelines.shape_samples import closest_points, surface_colors
-
-    _, closest, tri = closest_points(mesh, points)
-    bary = trimesh.triangles.points_to_barycentric(mesh.triangles[tri], closest)
-    bary = np.clip(bary, 0.0, 1.0)
-    bary /= np.maximum(bary.sum(-1, keepdims=True), 1e-12)
-    rgb = surface_colors(mesh, tri, bary)
-    return np.concatenate([np.round(rgb * 255), np.full((len(rgb), 1), 255)], 1).astype(np.uint8)
