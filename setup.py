@@ -27,7 +27,7 @@ setup(
         "einops>=0.8,<0.9",
         "trimesh>=5.2,<6",
         "numpy>=2.0,<3",
-        "scipy>=1.14,<2",
+        "scipy>=1.14,<1.18",  # 1.18 drops sqrtm(disp=), which clean-fid (a test reference) uses
         "absl-py>=2.1,<3",
         "pillow>=12,<14",
         "charset-normalizer>=3,<4",  # trimesh decodes non-UTF-8 OBJ files with it
@@ -59,7 +59,15 @@ setup(
             # PyTorch references (transformers models) in the tests; 2.13.0 is the CPU build.
             "torch==2.13.0",
             "diffusers>=0.42.1,<0.43",
+            # metric references (CLIPScore); lpips, clean-fid and torchvision go to their own
+            # folder (Makefile TORCH_REFS; why: tests/torch_references.py)
+            "torchmetrics>=1.9,<2",
+            # the web demo and its browser test (Debian's chromium, installed by `make test`)
+            "gradio>=6.31,<7",
+            "gradio_client>=2.7,<3",
+            "playwright>=1.65,<2",
         ],
+        "app": ["gradio>=6.31,<7"],
         "bench": ["scikit-image>=0.26,<0.27", "embreex>=4.4,<5", "torch==2.13.0"],
     },
 )
