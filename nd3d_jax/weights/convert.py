@@ -6,6 +6,8 @@ OUT holds `params/` (orbax), the source `config.json`, the tokenizer files if SR
 also serves as the tokenizer folder), and `nd3d_weights.json` naming the kind (layout in
 `nd3d_jax.weights.orbax_io`). Every `load_*` accepts either folder. A Shap-E pipeline folder
 (`model_index.json`) becomes the same layout with each network converted in its sub-folder.
+An LPIPS folder (no config.json; the torchvision backbone .pth and lpips' alex.pth / vgg.pth,
+see `nd3d_jax.weights.lpips`) becomes the layout with a written config.json naming the net.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from nd3d_jax.config_cli import ArgumentParser, fail
 from nd3d_jax.weights.clip import load_clip
 from nd3d_jax.weights.diffusers import load_t2i_adapter, load_unet, load_vae
 from nd3d_jax.weights.io import WeightImportError, read_config
+from nd3d_jax.weights.lpips import convert_lpips, is_lpips_folder
 from nd3d_jax.weights.orbax_io import write
 from nd3d_jax.weights.resnet import load_resnet
 from nd3d_jax.weights.shap_e import convert_shap_e
@@ -41,6 +44,8 @@ def convert(src: str, out: str, dtype=jnp.float32) -> str:
     """Imports `src` (checked key by key) and writes the orbax checkpoint; returns the kind."""
     if os.path.isfile(os.path.join(src, "model_index.json")):  # a diffusers pipeline folder
         return convert_shap_e(src, out, dtype)
+    if is_lpips_folder(src):
+        return convert_lpips(src, out, dtype)
     kind = kind_of(read_config(src))
     if kind not in LOADERS:
         raise WeightImportError(f"{src}: {kind!r} checkpoints are not supported: {sorted(LOADERS)}")
@@ -52,7 +57,9 @@ def convert(src: str, out: str, dtype=jnp.float32) -> str:
 def main(argv=None) -> None:
     parser = ArgumentParser(prog="python -m nd3d_jax.weights.convert", description=__doc__)
     parser.add_argument(
-        "src", help="Hugging Face folder (config.json + safetensors) or Shap-E pipeline folder"
+        "src",
+        help="Hugging Face folder (config.json + safetensors), Shap-E pipeline folder or LPIPS "
+        "folder (torchvision backbone .pth + lpips alex.pth/vgg.pth)",
     )
     parser.add_argument("out", help="output folder")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
