@@ -27,44 +27,64 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def export_examples(data_dir: str, dataset: str, config: str, split: str, count: int,
-                    out: str) -> str:  # fmt: skip
-    """Writes the first `count` examples of the split (one per shape) into `out`; returns the
-    path of `out/inputs.jsonl`."""
+def example_name(key) -> str:
+    """The folder/file name of an example: its key with path separators made safe."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in _text(key))
+
+
+def example_mesh(ex: dict) -> trimesh.Trimesh:
+    """The example's mesh (the prepared condition mesh: unit-cube frame, +Y up) with its
+    vertex colours."""
+    colors = np.clip(np.asarray(ex["mesh_colors"], np.float32), 0, 1)
+    return trimesh.Trimesh(
+        np.asarray(ex["mesh_vertices"], np.float32),
+        np.asarray(ex["mesh_faces"], np.int32),
+        vertex_colors=np.concatenate(
+            [np.round(colors * 255), np.full((len(colors), 1), 255)], 1
+        ).astype(np.uint8),
+        process=False,
+    )
+
+
+def shape_examples(data_dir: str, dataset: str, config: str, split: str, count: int):
+    """The first example of each shape in the split, `count` of them (0: all), as
+    (name, example); a `UserError` when the split has fewer shapes than `count`."""
     from data_pipelines.input_pipeline import open_source
 
-    if count < 1:
-        raise UserError(f"--count must be >= 1, got {count}")
+    if count < 0:
+        raise UserError(f"--count must be >= 0 (0: every shape), got {count}")
     source = open_source(data_dir, dataset, split, config)
-    os.makedirs(out, exist_ok=True)
-    rows, shapes = [], set()
+    out, shapes = [], set()
     for i in range(len(source)):
-        if len(rows) == count:
+        if count and len(out) == count:
             break
         ex = source[i]
         shape = _text(ex.get("shape_id", ex.get("key", i)))
-        if shape in shapes:
-            continue
-        shapes.add(shape)
-        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in _text(ex["key"]))
+        if shape not in shapes:
+            shapes.add(shape)
+            out.append((example_name(ex["key"]), ex))
+    if count and len(out) < count:
+        raise UserError(f"split {split!r} of {data_dir} has {len(out)} shapes, not {count}")
+    return out
+
+
+def export_examples(data_dir: str, dataset: str, config: str, split: str, count: int,
+                    out: str, coarse_mesh: bool = True) -> str:  # fmt: skip
+    """Writes the first `count` examples of the split (one per shape; 0: all) into `out`;
+    returns the path of `out/inputs.jsonl`. `coarse_mesh=False` leaves the meshes out of the
+    inputs (the objects then get their coarse shape from Shap-E)."""
+    examples = shape_examples(data_dir, dataset, config, split, count)
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for name, ex in examples:
         image_path = os.path.join(out, f"{name}.png")
         Image.fromarray(np.asarray(ex["image"], np.uint8)).save(image_path)
-        colors = np.clip(np.asarray(ex["mesh_colors"], np.float32), 0, 1)
-        mesh = trimesh.Trimesh(
-            np.asarray(ex["mesh_vertices"], np.float32),
-            np.asarray(ex["mesh_faces"], np.int32),
-            vertex_colors=np.concatenate(
-                [np.round(colors * 255), np.full((len(colors), 1), 255)], 1
-            ).astype(np.uint8),
-            process=False,
-        )
-        mesh_path = os.path.join(out, f"{name}.ply")
-        mesh.export(mesh_path)
-        rows.append({"name": name, "image": os.path.basename(image_path),
-                     "text": _text(ex["caption"]),
-                     "coarse_mesh": os.path.basename(mesh_path)})  # fmt: skip
-    if len(rows) < count:
-        raise UserError(f"split {split!r} of {data_dir} has {len(rows)} shapes, not {count}")
+        row = {"name": name, "image": os.path.basename(image_path), "text": _text(ex["caption"])}
+        if coarse_mesh:
+            mesh_path = os.path.join(out, f"{name}.ply")
+            example_mesh(ex).export(mesh_path)
+            row["coarse_mesh"] = os.path.basename(mesh_path)
+        rows.append(row)
     path = os.path.join(out, "inputs.jsonl")
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))

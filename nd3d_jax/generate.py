@@ -67,8 +67,9 @@ def objects_from_flags(args: dict):
     return [obj], [out]
 
 
-def run(config: ml_collections.ConfigDict, args: dict) -> dict:
-    """Generates every object not yet done; returns {"done", "skipped", "failed"}."""
+def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
+    """Generates every object not yet done; returns {"done", "skipped", "failed"}.
+    `generator`: an already loaded `Generator` for `config` (else one is loaded if needed)."""
     from tqdm import tqdm
 
     from nd3d_jax.pipeline.generator import Generator
@@ -93,7 +94,7 @@ def run(config: ml_collections.ConfigDict, args: dict) -> dict:
         _log(f"{len(report['skipped'])} objects already done (delete their folders to redo)")
     if todo:
         seed = int(args["seed"]) if args["seed"] is not None else config.seed
-        generator = Generator(config, log=_log)
+        generator = generator or Generator(config, log=_log)
         bar = tqdm(total=len(todo), desc="generate", unit="object", file=sys.stderr,
                    disable=len(todo) < 2)  # fmt: skip
         by_name = dict(zip([o.name for o in todo], todo_dirs, strict=True))

@@ -26,7 +26,8 @@ def write_model_workdir(workdir: str, seed: int = 0) -> str:
 
     config = load_config(os.path.join(ROOT, "configs/demo.py:tiny"))
     stage = NeuroDiff3DStage(config)
-    params = nn.unbox(stage.init(jax.random.key(seed)))
+    # one jitted program (cached across test processes), not one per parameter
+    params = jax.jit(lambda key: nn.unbox(stage.init(key)))(jax.random.key(seed))
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config_to_json(config) + "\n")

@@ -1,0 +1,110 @@
+"""The images the image metrics compare: a mesh rendered by our rasterizer at K cameras.
+
+The ground truth (a mesh with vertex colours) and the generated object (a textured mesh, as
+`generate` writes it) are drawn at the same cameras, both unlit over white, so the metrics see
+colour and shape, not two renderers. Arrays are padded to bucket sizes (`texture.atlas.bucket`):
+meshes of similar size share one compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import trimesh
+
+from nd3d_jax.errors import UserError
+from nd3d_jax.render.camera import Camera
+from nd3d_jax.render.maps import color_image, rasterize_views, to_uint8
+from nd3d_jax.render.rasterize import default_work_budget
+from nd3d_jax.texture.atlas import bucket
+from nd3d_jax.texture.render import render_views
+
+
+def _pad(a: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))
+
+
+def _mesh_arrays(mesh: trimesh.Trimesh, what: str):
+    v = np.asarray(mesh.vertices, np.float32)
+    f = np.asarray(mesh.faces, np.int32)
+    if not len(f) or not np.isfinite(v).all():
+        raise UserError(f"{what}: the mesh has no faces or non-finite vertices")
+    nv, nf = bucket(len(v)), bucket(len(f))
+    return v, f, nv, nf
+
+
+def render_colored(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") -> np.ndarray:
+    """(K, H, W, 3) uint8 views of a mesh with vertex colours (grey when it has none)."""
+    v, f, nv, nf = _mesh_arrays(mesh, what)
+    visual = getattr(mesh, "visual", None)
+    if visual is not None and visual.kind == "vertex":
+        colors = np.asarray(visual.vertex_colors[:, :3], np.float32) / 255.0
+    else:
+        colors = np.full((len(v), 3), 0.6, np.float32)
+    h, w = int(cameras.height), int(cameras.width)
+    budget = default_work_budget(nf, h, w, 8)
+    images, work = _draw_colored(cameras, _pad(v, nv), _pad(f, nf), _pad(colors, nv),
+                                 np.arange(nf) < len(f), budget)  # fmt: skip
+    if int(np.max(work)) > budget:
+        raise RuntimeError(f"{what}: rasterizer work budget {budget} < {int(np.max(work))}")
+    return to_uint8(np.asarray(images))
+
+
+@functools.partial(jax.jit, static_argnames=("budget",))
+def _draw_colored(cams, vertices, faces, colors, face_mask, budget: int):
+    frags = rasterize_views(cams, vertices, faces, face_mask, work_budget=budget)
+    return jax.vmap(lambda fr: color_image(fr, faces, colors))(frags), frags.num_work
+
+
+def textured_arrays(mesh: trimesh.Trimesh, what: str = "mesh"):
+    """Vertices, faces, UVs (atlas convention: v down) and the texture in [0, 1] of a textured
+    trimesh (`generate`'s GLB as `trimesh.load(..., force="mesh")` reads it)."""
+    visual = getattr(mesh, "visual", None)
+    material = getattr(visual, "material", None)
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    uv = getattr(visual, "uv", None)
+    if uv is None or image is None:
+        raise UserError(f"{what}: not a textured mesh (no UVs or no base colour texture)")
+    uv = np.asarray(uv, np.float32)
+    uv = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=-1)  # trimesh keeps v up; rows go down
+    texture = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32), uv, texture
+
+
+def render_textured(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") -> np.ndarray:
+    """(K, H, W, 3) uint8 views of a textured mesh (bilinear texture lookup)."""
+    v, f, uv, texture = textured_arrays(mesh, what)
+    _, _, nv, nf = _mesh_arrays(mesh, what)
+    images = _draw_textured(cameras, _pad(v, nv), _pad(f, nf), _pad(uv, nv), texture,
+                            np.arange(nf) < len(f))  # fmt: skip
+    return to_uint8(np.asarray(images))
+
+
+@jax.jit
+def _draw_textured(cams, vertices, faces, uvs, texture, face_mask):
+    return render_views(cams, vertices, faces, uvs, texture, 1.0, face_mask)
+
+
+def is_textured(mesh: trimesh.Trimesh) -> bool:
+    visual = getattr(mesh, "visual", None)
+    return getattr(visual, "kind", None) == "texture" and getattr(visual, "uv", None) is not None
+
+
+def render_mesh(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") -> np.ndarray:
+    """A textured mesh (ours) or one with vertex colours (e.g. a baseline's): (K, H, W, 3)."""
+    if is_textured(mesh):
+        return render_textured(mesh, cameras, what)
+    return render_colored(mesh, cameras, what)
+
+
+def load_mesh_file(path: str) -> trimesh.Trimesh:
+    """A generated GLB/OBJ/PLY as one trimesh; a `UserError` naming the file otherwise."""
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many kinds on bad files
+        raise UserError(f"{path}: cannot read the mesh ({type(e).__name__}: {e})") from e
+    if not isinstance(mesh, trimesh.Trimesh) or not len(mesh.faces):
+        raise UserError(f"{path}: holds no triangle mesh")
+    return mesh
