@@ -179,9 +179,11 @@ class Generator:
         return refined, (float(result.losses[0]), float(result.losses[-1]))
 
     # ------------------------------------------------------------------ stage 5
-    def bake(self, refined: trimesh.Trimesh, views: np.ndarray):
-        """Stage 5: the atlas of the refined mesh and the K views baked into it."""
-        s = self.texture_settings
+    def bake(self, refined: trimesh.Trimesh, views: np.ndarray,
+             settings: TextureSettings | None = None):  # fmt: skip
+        """Stage 5: the atlas of the refined mesh and the K views baked into it (`settings`:
+        other texture settings than the config's, e.g. the web demo's texture size)."""
+        s = settings or self.texture_settings
         atlas, unwrapped = unwrap(refined, s)
         fill = closest_colors(refined, unwrapped.vertices)
         out = bake(atlas, self.model.cameras, views, fill[atlas.source_vertex], s)

@@ -102,7 +102,9 @@ def read_image(path: str) -> Image.Image:
             return im.copy()
     except UserError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # PIL refuses > 2 x its limit before we look
+        raise UserError(f"{path}: image is too large to decode ({e})") from e
+    except (OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 

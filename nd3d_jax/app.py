@@ -1,0 +1,522 @@
+"""`python -m nd3d_jax.app`: the web demo. A page where a person gives an image and/or a text
+(and, without Shap-E weights, a coarse mesh), and gets the textured 3D object to turn around in
+a viewer, a zip of GLB + OBJ/MTL/PNG to download and the preview sheet.
+
+    python -m nd3d_jax.app --config=configs/generate.py[:variant] [--params=WORKDIR] \\
+        [--host=127.0.0.1] [--port=7860] [--out=DIR] [--warmup=true] [--config.a.b=v]
+
+--params is the trainer WORKDIR (default: out/demo, which `make demo` writes). The pipeline
+(`nd3d_jax.pipeline.Generator`) is loaded once; the page runs its stages one by one (prior,
+refinement, multi-view diffusion, baking, export) and shows which one is running. Requests are
+queued and served one at a time (the page shows the queue position). Every compiled program is
+cached for the server's lifetime: guidance and seed are traced arguments (no recompilation);
+sampling steps and texture size change static shapes, so each is one of three choices, each
+compiled once on first use. --warmup (default true) runs the first example at start-up, so a
+request at the default settings compiles nothing new (meshes are padded to size buckets; a
+much larger mesh may add a program once). Analytics are off and nothing is fetched from the
+network; --out (default: a temporary folder) keeps the last 16 requests' files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nd3d_jax import config_cli, sharding
+from nd3d_jax.errors import UserError
+
+LOG = logging.getLogger("nd3d_jax.app")
+DEFAULT_PARAMS = "out/demo"
+KEEP_REQUESTS = 16  # request folders kept under --out
+MAX_SEED = 2**31 - 1
+FLAGS = {
+    "params": "the trainer WORKDIR with the model (default: out/demo from `make demo`)",
+    "host": "address to serve on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    "port": "port (default 7860)",
+    "out": "folder for the requests' files (default: a temporary folder)",
+    "warmup": "true (default): generate the first example at start-up, compiling everything",
+}
+# a lowered XLA program: one per jit cache miss (persistent-cache hits included)
+LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+STAGE_NAMES = ("prior", "refine", "conditions", "multiview", "bake", "export")
+
+
+def _log(msg: str) -> None:
+    print(f"[app {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class CompileCounter:
+    """How many XLA programs this process has lowered (jit cache misses), via jax.monitoring."""
+
+    def __init__(self):
+        self.count = 0
+        self._lock = threading.Lock()
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **kwargs) -> None:
+        del duration, kwargs
+        if event == LOWER_EVENT:
+            with self._lock:
+                self.count += 1
+
+    def close(self) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One page submission (paths are files on the server)."""
+
+    image: str | None = None
+    text: str = ""
+    coarse_mesh: str | None = None
+    seed: int = 0
+    guidance: float = 2.0
+    steps: int = 25
+    texture_size: int = 512
+
+
+@dataclasses.dataclass
+class Output:
+    folder: str  # write_result's files: mesh.glb, mesh.obj/.mtl, textures, preview.png, ...
+    glb: str
+    zip: str
+    preview: str
+    seconds: dict[str, float]
+    compiles: int  # XLA programs lowered while serving this request
+    coverage: float
+    faces: int
+
+    def markdown(self, request: Request) -> str:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        return (
+            f"**Done in {sum(self.seconds.values()):.1f} s** ({stages}).  \n"
+            f"{self.faces} faces, texture {request.texture_size} px, {self.coverage:.0%} of it "
+            f"painted from the views; seed {request.seed}, guidance {request.guidance:g}, "
+            f"{request.steps} steps; new XLA programs compiled: {self.compiles}."
+        )
+
+
+class _Sample(dict):
+    """The sampler settings `sample_views` reads (`.num_steps`, `.guidance`, `.get`)."""
+
+    __getattr__ = dict.__getitem__
+
+
+def choices(default: int, low: int, high: int) -> list[int]:
+    """Three values around `default` (half, it, double) within [low, high]."""
+    return sorted({min(high, max(low, v)) for v in (default // 2, default, default * 2)})
+
+
+class Runner:
+    """The loaded pipeline, run stage by stage for one object per request (thread-safe: one
+    request at a time)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, log: Callable[[str], None] = _log):
+        from nd3d_jax.pipeline.generator import Generator
+
+        self.config, self.log = config, log
+        self.counter = CompileCounter()
+        self.gen = Generator(config, log=log)
+        model = self.gen.model
+        self.batch_size = self.gen.mesh.size  # one object, padded to the data axis
+        self.rows = NamedSharding(self.gen.mesh, P(sharding.BATCH_AXES))
+        num_train = int(model.stage.schedule.num_train_timesteps)
+        self.step_choices = choices(int(config.sample.num_steps), 1, num_train)
+        self.texture_choices = choices(int(config.texture.size), 64, 4096)
+        self._sample_fns: dict[int, Callable] = {}
+        self._lock = threading.Lock()
+        self.history: list[dict] = []  # per request: id, compiles, seconds, start and end times
+
+    def default_request(self, **kw) -> Request:
+        c = self.config
+        base = dict(seed=int(c.seed), guidance=float(c.sample.guidance),
+                    steps=int(c.sample.num_steps), texture_size=int(c.texture.size))  # fmt: skip
+        return Request(**{**base, **kw})
+
+    def close(self) -> None:
+        self.counter.close()
+
+    # ------------------------------------------------------------------ checks
+    def check(self, r: Request) -> None:
+        """A one-line `UserError` for a request the pipeline cannot run."""
+        from nd3d_jax.pipeline.inputs import ObjectInput
+
+        if not r.image and not r.text.strip():
+            raise UserError("give an image, a text, or both")
+        ObjectInput("object", r.image, r.text, r.coarse_mesh).check()
+        p = self.config.prior
+        if not r.coarse_mesh and not (p.image_weights or p.text_weights):
+            raise UserError(
+                "this model has no Shap-E weights to make the coarse shape: upload a coarse "
+                "mesh (OBJ/PLY/GLB/OFF/STL) or pick an example"
+            )
+        if r.steps not in self.step_choices:
+            raise UserError(f"sampling steps must be one of {self.step_choices}, got {r.steps}")
+        if r.texture_size not in self.texture_choices:
+            raise UserError(
+                f"texture size must be one of {self.texture_choices}, got {r.texture_size}"
+            )
+        if not 0 <= r.seed <= MAX_SEED:
+            raise UserError(f"seed must be in [0, {MAX_SEED}], got {r.seed}")
+        if not (math.isfinite(r.guidance) and 0 <= r.guidance <= 100):
+            raise UserError(f"guidance must be in [0, 100], got {r.guidance}")
+
+    # ------------------------------------------------------------------ stage 4
+    def sample_fn(self, steps: int) -> Callable:
+        """(params, batch, keys, guidance) -> {"sample", "normals", "t_hat"}: one program per
+        step count; the guidance scale is traced, so changing it compiles nothing."""
+        if steps not in self._sample_fns:
+            from nd3d_jax.stages.neurodiff3d import render_conditions
+
+            model = self.gen.model
+            stage, mc = model.stage, model.model_config
+            fixed = dict(self.config.sample)
+
+            def run(params, batch, keys, guidance):
+                normals, t_hat = render_conditions(batch, mc)
+                s = _Sample({**fixed, "num_steps": steps, "guidance": guidance})
+                out = stage.sample_views(params, batch, normals, t_hat, keys, s)
+                return {**out, "t_hat": t_hat}
+
+            self._sample_fns[steps] = jax.jit(run, out_shardings=self.rows)
+        return self._sample_fns[steps]
+
+    def sample(self, example: dict, key: jax.Array, steps: int, guidance: float) -> dict:
+        """One object's K-view grid (host arrays, [0, 1]); the batch is the object repeated
+        over the data axis, as `MultiView.sample` pads."""
+        n = self.batch_size
+        batch = jax.device_put({k: np.stack([v] * n) for k, v in example.items()}, self.rows)
+        keys = jax.device_put(jnp.stack([key] * n), self.rows)
+        fn = self.sample_fn(steps)
+        out = fn(self.gen.model.params, batch, keys, np.float32(guidance))
+        return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
+
+    # ------------------------------------------------------------------ stage 5
+    def bake(self, refined, views: np.ndarray, size: int):
+        """`Generator.bake` at a chosen texture size (each size compiles once)."""
+        return self.gen.bake(refined, views, dataclasses.replace(self.gen.texture_settings,
+                                                                 size=size))  # fmt: skip
+
+    def request_config(self, r: Request) -> ml_collections.ConfigDict:
+        """The config with the request's settings (for summary.json)."""
+        c = ml_collections.ConfigDict(self.config.to_dict())
+        c.seed, c.sample.guidance, c.sample.num_steps = r.seed, float(r.guidance), r.steps
+        c.texture.size = r.texture_size
+        return c
+
+    # ------------------------------------------------------------------ all stages
+    def run(self, r: Request, folder: str, progress: Callable[[float, str], None] | None = None):
+        """Generates one object into `folder` (+ `folder`.zip), stage by stage, reporting each
+        (fraction done, stage) to `progress`. Keys as `Generator.generate(seed=r.seed)`."""
+        with self._lock:
+            start, began = self.counter.count, time.time()
+            out = self._run(r, folder, progress or (lambda f, d: None))
+            out.compiles = self.counter.count - start
+            self.history.append({"id": len(self.history), "compiles": out.compiles,
+                                 "seconds": out.seconds, "guidance": r.guidance,
+                                 "started": began, "finished": time.time()})  # fmt: skip
+            total = sum(out.seconds.values())
+            self.log(f"request {len(self.history) - 1}: {out.glb} in {total:.1f}s, "
+                     f"{out.compiles} programs compiled")  # fmt: skip
+            return out
+
+    def _run(self, r: Request, folder: str, progress) -> Output:
+        from nd3d_jax.pipeline.generator import Result, _front_view
+        from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_image
+        from nd3d_jax.pipeline.outputs import write_result
+        from nd3d_jax.render.maps import grid_split
+
+        self.check(r)
+        gen, c, seconds = self.gen, self.config, {}
+        obj = ObjectInput("object", r.image, r.text, r.coarse_mesh)
+        key = jax.random.fold_in(jax.random.key(r.seed), 0)
+        t = time.perf_counter()
+        progress(0.0, "1/5 prior: reading the inputs")
+        image = None
+        if obj.image:
+            image = prepare_image(read_image(obj.image), c.image.size, c.image.object_fraction)
+        kind = gen.prior_kind(obj, image)
+        latent = None
+        if kind:
+            progress(0.02, f"1/5 prior: Shap-E from the {kind}")
+            given = image if kind == "image" else obj.text
+            latent = gen.latents(kind, [given], [jax.random.fold_in(key, 0)])[0]
+        else:
+            progress(0.02, "1/5 prior: the given coarse mesh")
+        coarse = gen.coarse(obj, latent)
+        seconds["prior"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.2, "2/5 refinement: SDF MLP + deformable tet grid")
+        refined, losses = gen.refine(coarse)
+        seconds["refine"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if image is None:  # text only: the model sees the coarse shape from the first view
+            image = _front_view(coarse.mesh, gen.model.cameras, c.image.size)
+        example = gen.model.example(refined, image, obj.text)
+        seconds["conditions"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.4, f"3/5 multi-view diffusion: {r.steps} steps")
+        sampled = self.sample(example, jax.random.fold_in(key, 1), r.steps, r.guidance)
+        mc = gen.model.model_config
+        split = {k: np.asarray(grid_split(v, mc.grid_rows, mc.grid_cols))
+                 for k, v in sampled.items()}  # fmt: skip
+        if not np.isfinite(split["sample"]).all():
+            raise FloatingPointError("the model's views are not finite (NaN/inf)")
+        seconds["multiview"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        progress(0.7, f"4/5 texture baking: {r.texture_size} px")
+        mesh, texture, coverage = self.bake(refined, split["sample"], r.texture_size)
+        seconds["bake"] = time.perf_counter() - t
+        result = Result(obj.name, obj, image, coarse.mesh, refined, split["sample"],
+                        split["normals"], split["t_hat"], texture, coverage, mesh, dict(seconds),
+                        gen.model.cameras, losses)  # fmt: skip
+
+        t = time.perf_counter()
+        progress(0.85, "5/5 export: GLB, OBJ, preview sheet")
+        files = write_result(result, folder, self.request_config(r))
+        archive = folder.rstrip("/") + ".zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in sorted(files):
+                if name.startswith("mesh.") or name.endswith(".png"):
+                    z.write(files[name], name)
+        seconds["export"] = time.perf_counter() - t
+        progress(1.0, "done")
+        return Output(folder, files["mesh.glb"], archive, files["preview.png"], seconds, 0,
+                      coverage, len(mesh.faces))  # fmt: skip
+
+
+# ---------------------------------------------------------------------- examples
+def bundled_examples(params: str, folder: str) -> list:
+    """`make demo`'s held-out objects (WORKDIR/held_out/inputs.jsonl: image, text, coarse mesh)
+    if there, else four procedural ones written into `folder`."""
+    from nd3d_jax.pipeline.inputs import ObjectInput, read_jsonl
+
+    held = os.path.join(params, "held_out", "inputs.jsonl")
+    rows = []
+    if os.path.isfile(held):
+        rows = [r for r in read_jsonl(held) if not isinstance(r, Exception)]
+    if not rows:
+        from data_pipelines.export_examples import write_synthetic_inputs
+
+        made = write_synthetic_inputs(folder, ("chair", "mug", "sofa", "table"))
+        rows = [ObjectInput(r["name"], r["image"], r["text"], r["coarse_mesh"]) for r in made]
+    return rows
+
+
+# ---------------------------------------------------------------------- the page
+@dataclasses.dataclass
+class Server:
+    runner: Runner
+    demo: object  # gr.Blocks
+    url: str
+    out: str
+    examples: list
+
+    def close(self) -> None:
+        self.demo.close()
+        self.runner.close()
+
+
+def _request_folder(out: str, counter: list[int], r: Request) -> str:
+    """OUT/NNNNN/<name>: the request's files (its zip beside them); older ones are deleted."""
+    from nd3d_jax.pipeline.inputs import slug
+
+    counter[0] += 1
+    shutil.rmtree(os.path.join(out, f"{counter[0] - KEEP_REQUESTS:05d}"), ignore_errors=True)
+    stem = os.path.splitext(os.path.basename(r.image))[0] if r.image else r.text
+    return os.path.join(out, f"{counter[0]:05d}", slug(stem or "object"))
+
+
+def _image_input(gr, **kwargs):
+    """A gr.Image whose upload reaches the handler as its file, undecoded: `read_image` then
+    gives the one-line message for a file that is not an image or is too large to decode
+    (gr.Image's own preprocessing would open it with PIL first). The instance's `preprocess`
+    is replaced rather than subclassed: gradio writes a `.pyi` stub beside the source file of
+    every gr.Component subclass."""
+    image = gr.Image(**kwargs)
+    decode = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return payload.path
+        return decode(payload)
+
+    image.preprocess = preprocess
+    return image
+
+
+def build_ui(runner: Runner, examples: list, out: str):
+    """The gr.Blocks page; queue it (`demo.queue(default_concurrency_limit=1)`) to serve."""
+    import gradio as gr
+
+    from nd3d_jax.pipeline.generator import OBJECT_ERRORS
+    from nd3d_jax.pipeline.inputs import MESH_SUFFIXES
+
+    c, counter = runner.config, [0]
+    has_prior = bool(c.prior.image_weights or c.prior.text_weights)
+
+    def generate(image, text, coarse_mesh, seed, guidance, steps, texture_size,
+                 progress=gr.Progress()):  # noqa: B008  (gradio's way)  # fmt: skip
+        try:
+            r = Request(image or None, text or "", coarse_mesh or None,
+                        int(seed if seed is not None else c.seed), float(guidance),
+                        int(steps), int(texture_size))  # fmt: skip
+            folder = _request_folder(out, counter, r)
+            o = runner.run(r, folder, lambda f, d: progress(f, desc=d))
+        except (*OBJECT_ERRORS, TypeError) as e:
+            msg = " ".join(str(e).split("\n")) or type(e).__name__
+            for path in (image, coarse_mesh):  # the upload's name, not the server's path
+                if path:
+                    msg = msg.replace(str(path), os.path.basename(str(path)))
+            runner.log(f"request failed: {msg}")
+            raise gr.Error(msg, print_exception=False) from e
+        return o.glb, o.zip, o.preview, o.markdown(r)
+
+    prior = ("Shap-E makes the coarse shape from the image (else the text)" if has_prior else
+             "this model has no Shap-E weights: give a coarse mesh or pick an example")  # fmt: skip
+    with gr.Blocks(title="NeuroDiff3D (JAX)", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as demo:  # fmt: skip
+        gr.Markdown(
+            "## NeuroDiff3D in JAX: image + text → textured 3D object\n"
+            f"Model: `{runner.gen.model.params_path}`. Stages: prior (coarse shape) → "
+            "refinement → multi-view diffusion → texture baking → export. "
+            f"{prior[0].upper() + prior[1:]}. One request runs at a time; others wait in "
+            "the queue (their position is shown)."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = _image_input(
+                    gr,
+                    label="Image (RGBA is cropped to its alpha)", type="filepath",
+                    image_mode=None, height=260, sources=["upload", "clipboard"], elem_id="image",
+                )  # fmt: skip
+                text = gr.Textbox(label="Description", placeholder="a wooden chair", lines=1,
+                                  elem_id="text")  # fmt: skip
+                coarse = gr.File(label="Coarse mesh (optional; replaces Shap-E)",
+                                 file_types=list(MESH_SUFFIXES), type="filepath",
+                                 elem_id="coarse", height=90)  # fmt: skip
+                with gr.Accordion("Settings", open=False):
+                    seed = gr.Number(label="Seed", value=int(c.seed), precision=0, minimum=0,
+                                     maximum=MAX_SEED)  # fmt: skip
+                    guidance = gr.Slider(0.0, max(15.0, 2 * float(c.sample.guidance)), step=0.5,
+                                         value=float(c.sample.guidance),
+                                         label="Guidance (multi-view diffusion)")  # fmt: skip
+                    steps = gr.Dropdown(
+                        runner.step_choices, value=int(c.sample.num_steps),
+                        label="Sampling steps (each choice compiles once)",
+                    )  # fmt: skip
+                    texture = gr.Dropdown(
+                        runner.texture_choices, value=int(c.texture.size),
+                        label="Texture size, px (each choice compiles once)",
+                    )  # fmt: skip
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                gr.Examples([[e.image, e.text, e.coarse_mesh] for e in examples],
+                            [image, text, coarse], label="Examples (image, text, coarse mesh)",
+                            cache_examples=False)  # fmt: skip
+            with gr.Column(scale=1):
+                viewer = gr.Model3D(label="Textured object (drag to turn, scroll to zoom)",
+                                    clear_color=(0.93, 0.93, 0.95, 1.0), height=420,
+                                    elem_id="viewer")  # fmt: skip
+                download = gr.File(label="Download: GLB + OBJ/MTL/PNG (zip)", elem_id="download")
+                status = gr.Markdown(elem_id="status")
+        preview = gr.Image(label="Preview sheet: input | coarse | refined | conditions N, "
+                           "T_hat; the generated views; the textured object turning",
+                           type="filepath", interactive=False, elem_id="preview")  # fmt: skip
+        button.click(generate, [image, text, coarse, seed, guidance, steps, texture],
+                     [viewer, download, preview, status], api_name="generate")  # fmt: skip
+    return demo
+
+
+def serve(config: ml_collections.ConfigDict, *, host: str = "127.0.0.1", port: int = 7860,
+          out: str | None = None, warmup: bool = True, log: Callable[[str], None] = _log,
+          quiet: bool = False) -> Server:  # fmt: skip
+    """Loads the pipeline, optionally warms it up, and starts the page in a background thread
+    (`Server.demo.block_thread()` waits on it; `Server.close()` stops it)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio  # noqa: F401  (fails early, before the model loads, if the extra is missing)
+
+    out = os.path.abspath(out or tempfile.mkdtemp(prefix="nd3d_app_"))
+    os.makedirs(out, exist_ok=True)
+    runner = Runner(config, log)
+    try:
+        examples = bundled_examples(config.params, os.path.join(out, "examples"))
+        if warmup:
+            e = examples[0]
+            t = time.perf_counter()
+            runner.run(runner.default_request(image=e.image, text=e.text,
+                                              coarse_mesh=e.coarse_mesh),
+                       os.path.join(out, "warmup"))  # fmt: skip
+            log(f"warm-up ({e.name}, default settings) in {time.perf_counter() - t:.1f}s; "
+                f"{runner.counter.count} programs compiled so far")  # fmt: skip
+        demo = build_ui(runner, examples, out)
+        demo.queue(default_concurrency_limit=1)
+        files = [f for e in examples for f in (e.image, e.coarse_mesh) if f]
+        allowed = sorted({out, *(os.path.dirname(os.path.abspath(f)) for f in files)})
+        _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True,
+                                share=False, show_error=True, quiet=quiet, ssr_mode=False,
+                                allowed_paths=allowed, max_file_size="64mb",
+                                footer_links=["api"])  # fmt: skip
+    except BaseException:
+        runner.close()
+        raise
+    log(f"serving {url} (model {runner.gen.model.params_path}; outputs in {out})")
+    return Server(runner, demo, url, out, examples)
+
+
+def _flag_bool(value: str | None, default: bool, name: str) -> bool:
+    if value is None:
+        return default
+    v = value.strip().lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise UserError(f"--{name}={value}: use true or false")
+    return v in ("true", "1", "yes")
+
+
+def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
+    del workdir
+    params = args["params"] or config.params or DEFAULT_PARAMS
+    if not args["params"] and not os.path.isfile(os.path.join(params, "config.json")):
+        raise UserError(
+            f"no model at {params}: run `make demo` first (it trains one into out/demo), or "
+            "pass --params=WORKDIR"
+        )
+    try:
+        port = int(args["port"] or 7860)
+    except ValueError:
+        raise UserError(f"--port={args['port']}: give a number") from None
+    if not 0 < port < 65536:
+        raise UserError(f"--port={port}: use 1-65535")
+    warmup = _flag_bool(args["warmup"], True, "warmup")
+    config.unlock()
+    config.params = params
+    config.lock()
+    server = serve(config, host=args["host"] or "127.0.0.1", port=port, out=args["out"],
+                   warmup=warmup)  # fmt: skip
+    try:
+        server.demo.block_thread()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    config_cli.run(main, command="generate", needs_workdir=False, extra_flags=FLAGS)
