@@ -29,10 +29,10 @@ PAPER_TABLE2 = {
     "pix3d": {"cmmd": 3.136, "fid_clip": 28.832, "clip_score": 0.898},
 }
 PAPER_BASELINES = {  # the rows: Shap-E (CMMD, CLIP-score), DreamFusion (FID_CLIP)
-    "omniobject3d": {"shap_e": {"cmmd": 4.115, "clip_score": 0.634},
-                     "dreamfusion": {"fid_clip": 31.651}},
-    "pix3d": {"shap_e": {"cmmd": 4.252, "clip_score": 0.741},
-              "dreamfusion": {"fid_clip": 32.702}},
+    "omniobject3d": {"Shap-E": {"cmmd": 4.115, "clip_score": 0.634},
+                     "DreamFusion": {"fid_clip": 31.651}},
+    "pix3d": {"Shap-E": {"cmmd": 4.252, "clip_score": 0.741},
+              "DreamFusion": {"fid_clip": 32.702}},
 }  # fmt: skip
 # Table 3 (Section 4.4): parameters, FLOPs, frames per second, seconds per object.
 PAPER_TABLE3 = {"params_m": 475.9, "gflops": 510.4, "fps": 32.5, "seconds": 7.0}

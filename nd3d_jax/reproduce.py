@@ -137,8 +137,10 @@ def markdown(t2: dict, t3: dict, meta: dict) -> str:
     sw = meta["software"]
     lines = ["# Reproduction of Tables 2 and 3", "",
              f"Device: {sw['device']}; jax {sw['jax']}, flax {sw['flax']}; seed {meta['seed']}; "
-             f"model `{meta['params']}`.", "", f"`{meta['command_line']}`", "",
-             "## Table 2: generation quality", ""]  # fmt: skip
+             f"model `{meta['params']}`.", ""]  # fmt: skip
+    if meta["command_line"]:
+        lines += [f"`{meta['command_line']}`", ""]
+    lines += ["## Table 2: generation quality", ""]
     if not t2:
         lines += ["No data set given (set --config.reproduce.omniobject3d / .pix3d).", ""]
     for name, r in t2.items():
@@ -187,7 +189,9 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
     generator = Generator(config, log=_log)
     t2 = table2(config, generator, out, seed)
     t3 = table3(config, generator, out)
-    command = "python -m nd3d_jax.reproduce " + shlex.join(sys.argv[1:])
+    command = None  # in-process callers (tests) have another program's argv
+    if sys.argv and sys.argv[0].endswith(os.path.join("nd3d_jax", "reproduce.py")):
+        command = "python -m nd3d_jax.reproduce " + shlex.join(sys.argv[1:])
     meta = {"software": software(), "command_line": command, "params": config.params,
             "seed": seed, "config": config.to_dict()}  # fmt: skip
     os.makedirs(out, exist_ok=True)

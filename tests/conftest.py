@@ -37,7 +37,6 @@ SLOW_FIRST = (
     "test_generate.py",
     "test_evaluate.py",
     "test_app.py",
-    "test_app_browser.py",
     "test_readme.py",
     "test_model_inputs.py",
     "test_unet.py",

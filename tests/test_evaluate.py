@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from metric_fixtures import write_lpips_folder
@@ -82,7 +83,7 @@ def test_reproduce_writes_both_tables(reproduced, tiny_model):
     from nd3d_jax.pipeline.multiview import load_trained_params
 
     params, _ = load_trained_params(tiny_model)
-    total = sum(int(np.prod(x.shape)) for x in __import__("jax").tree.leaves(params))
+    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     t3 = tables["table3"]
     assert t3["params_total"] == total == sum(t3["params"].values())
     f = t3["flops"]
