@@ -13,7 +13,8 @@ For each test object the ground-truth mesh (the prepared mesh with its colours) 
 generated textured mesh are rendered by our rasterizer at the same K cameras
 (`config.views`), and every metric of `nd3d_jax.metrics.suite` is computed. OUT gets
 metrics.json (per object, means, set metrics, unavailable metrics and why), metrics.md and
-contact_sheet.png (ground truth | generated for the worst and best 8 objects by LPIPS).
+contact_sheet.png (ground truth | generated for the worst and best 8 objects by LPIPS;
+every object once when there are at most 16).
 """
 
 from __future__ import annotations
@@ -148,8 +149,12 @@ def write_report(report: dict, out: str, strips: dict) -> None:
         ranked = sorted(rows, key=lambda r: r[key], reverse=not lower)
         report["sheet"] = {"order": key, "best": [r["name"] for r in ranked[:SHEET_ROWS]],
                            "worst": [r["name"] for r in ranked[::-1][:SHEET_ROWS]]}  # fmt: skip
-        picked = [(f"worst {key} {r[key]:.3f}", r["name"]) for r in ranked[::-1][:SHEET_ROWS]]
-        picked += [(f"best {key} {r[key]:.3f}", r["name"]) for r in ranked[:SHEET_ROWS]]
+        if len(ranked) <= 2 * SHEET_ROWS:  # every object once, worst first
+            picked = [(f"#{len(ranked) - i} {key} {r[key]:.3f}", r["name"])
+                      for i, r in enumerate(ranked[::-1])]  # fmt: skip
+        else:
+            picked = [(f"worst {key} {r[key]:.3f}", r["name"]) for r in ranked[::-1][:SHEET_ROWS]]
+            picked += [(f"best {key} {r[key]:.3f}", r["name"]) for r in ranked[:SHEET_ROWS]]
         contact_sheet([(label, *strips[n]) for label, n in picked],
                       os.path.join(out, "contact_sheet.png"))  # fmt: skip
     with open(os.path.join(out, "metrics.json"), "w") as f:

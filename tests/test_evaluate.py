@@ -98,12 +98,12 @@ def test_reproduce_writes_both_tables(reproduced, tiny_model):
     for paper in ("2.985", "27.354", "0.899", "4.115", "31.651", "475.9", "510.4", "32.5"):
         assert paper in text
     assert "**ours (this run)**" in text
-    # the evaluation it ran: report, table, contact sheet (2 objects: worst 2 + best 2 rows)
+    # the evaluation it ran: report, table, contact sheet (2 objects: one row each)
     folder = os.path.join(reproduced, "omniobject3d")
     report = json.load(open(os.path.join(folder, "metrics.json")))
     assert sorted(r["name"] for r in report["per_object"]) == sorted(report["sheet"]["best"])
     sheet = np.asarray(Image.open(os.path.join(folder, "contact_sheet.png")))
-    assert sheet.shape == (4 * (96 + 14), 2 * 4 * 96 + 8, 3)
+    assert sheet.shape == (2 * (96 + 14), 2 * 4 * 96 + 8, 3)
     assert "| lpips_vgg |" in open(os.path.join(folder, "metrics.md")).read()
 
 
@@ -147,8 +147,8 @@ def test_command_errors(tmp_path, capsys):
         argv = ["evaluate", "--config=" + os.path.join(ROOT, "configs/evaluate.py:variant=tiny"),
                 *args]  # fmt: skip
         with pytest.raises(SystemExit) as e:
-            config_cli.run(evaluate.main, needs_workdir=False, extra_flags=evaluate.FLAGS,
-                           argv=argv)  # fmt: skip
+            config_cli.run(evaluate.main, command="evaluate", needs_workdir=False,
+                           extra_flags=evaluate.FLAGS, argv=argv)  # fmt: skip
         return e.value.code, capsys.readouterr().err.strip().splitlines()[-1]
 
     code, err = run(f"--out={tmp_path}", "--data_dir=x")
