@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from nd3d_jax import diffusion
 from nd3d_jax.models.unet_flops import unet_forward_flops
 from nd3d_jax.stages.neurodiff3d import render_conditions
 
@@ -82,11 +81,7 @@ class DiffusionCost:
 
         @jax.jit
         def step(params, x, t, f_fusion, features):
-            both = apply({"params": params}, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                         jnp.concatenate([jnp.zeros_like(f_fusion), f_fusion]),
-                         [jnp.concatenate([f, f]) for f in features], method="denoise")  # fmt: skip
-            uncond, cond = jnp.split(both, 2)
-            return diffusion.classifier_free_guidance(uncond, cond, guidance)
+            return stage.guided_denoiser(params, f_fusion, features, guidance)(x, t)
 
         @jax.jit
         def decode(params, x):

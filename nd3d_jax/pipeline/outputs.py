@@ -16,17 +16,16 @@ import math
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
 from nd3d_jax.errors import UserError
+from nd3d_jax.metrics.views import render_textured
 from nd3d_jax.render.camera import pinhole, ring_poses
 from nd3d_jax.render.maps import grid_layout, to_uint8
 from nd3d_jax.render.preview import render_preview
-from nd3d_jax.texture import export_glb, export_obj, render_views
-from nd3d_jax.texture.atlas import bucket
+from nd3d_jax.texture import export_glb, export_obj
 
 PREVIEW_FOV = 0.8
 SUMMARY = "summary.json"
@@ -38,25 +37,12 @@ def is_done(folder: str) -> bool:
 
 
 def turntable(mesh, size: int, frames: int, elevation_deg: float = 20.0) -> np.ndarray:
-    """(frames, size, size, 3) uint8 renders of the textured mesh on a ring (+Y up). Arrays
-    are padded to bucket sizes, so meshes of similar size share one compiled program."""
+    """(frames, size, size, 3) uint8 renders of the textured mesh on a ring (+Y up), by
+    `metrics.views.render_textured` (bucket-padded: meshes of similar size share a program)."""
     v = np.asarray(mesh.vertices, np.float32)
     radius = float(np.linalg.norm(v, axis=1).max()) / math.sin(PREVIEW_FOV / 2) * 1.05
     poses = ring_poses(frames, radius, math.radians(elevation_deg), up_axis=1)
-    cams = pinhole(poses, size, size, fov=PREVIEW_FOV)
-    uv = np.asarray(mesh.visual.uv, np.float32)
-    uv = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=-1)  # trimesh keeps v up; rows go down
-    texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), np.float32) / 255
-    nv, nf = bucket(len(v)), bucket(len(mesh.faces))
-    pad = lambda a, n: np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))  # noqa: E731
-    images = _spin(cams, pad(v, nv), pad(np.asarray(mesh.faces, np.int32), nf), pad(uv, nv),
-                   texture, np.arange(nf) < len(mesh.faces))  # fmt: skip
-    return to_uint8(np.asarray(images))
-
-
-@jax.jit
-def _spin(cams, vertices, faces, uvs, texture, face_mask):
-    return render_views(cams, vertices, faces, uvs, texture, 1.0, face_mask)
+    return render_textured(mesh, pinhole(poses, size, size, fov=PREVIEW_FOV), "turntable")
 
 
 def _label(image: np.ndarray, text: str) -> np.ndarray:

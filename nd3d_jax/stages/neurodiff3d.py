@@ -239,17 +239,7 @@ class NeuroDiff3DStage:
         c = self.model_config
         shape = (c.latent_size, c.latent_size, c.latent_channels)
 
-        def model_fn(x, t):
-            both = apply(
-                jnp.concatenate([x, x]),
-                jnp.concatenate([t, t]),
-                jnp.concatenate([jnp.zeros_like(f_fusion), f_fusion]),
-                [jnp.concatenate([f, f]) for f in features],
-                method="denoise",
-            )
-            uncond, cond_ = jnp.split(both, 2)
-            return diffusion.classifier_free_guidance(uncond, cond_, sample.guidance)
-
+        model_fn = self.guided_denoiser(params, f_fusion, features, sample.guidance)
         if batched:
             x_T = jax.vmap(lambda k: jax.random.normal(k, shape))(k_x)
         else:
@@ -266,6 +256,24 @@ class NeuroDiff3DStage:
         )
         to01 = lambda x: jnp.clip((x + 1.0) / 2.0, 0.0, 1.0)  # noqa: E731
         return {"sample": to01(apply(x0, method="decode")), "normals": to01(conditions[..., :3])}
+
+    def guided_denoiser(self, params, f_fusion, features, guidance):
+        """model_fn(x_t, t) of one classifier-free-guided step: the UNet on the unconditional
+        (zeroed f_fusion) and conditional halves of one doubled batch."""
+        apply = functools.partial(self.model.apply, {"params": params})
+
+        def model_fn(x, t):
+            both = apply(
+                jnp.concatenate([x, x]),
+                jnp.concatenate([t, t]),
+                jnp.concatenate([jnp.zeros_like(f_fusion), f_fusion]),
+                [jnp.concatenate([f, f]) for f in features],
+                method="denoise",
+            )
+            uncond, cond_ = jnp.split(both, 2)
+            return diffusion.classifier_free_guidance(uncond, cond_, guidance)
+
+        return model_fn
 
     def train_flops_per_example(self) -> float:
         """Analytic model FLOPs of one training example: 3 x the UNet forward (forward +
