@@ -10,6 +10,7 @@ from nd3d_jax.geometry.tet_grid import (
     TET_EDGES,
     build_tet_grid,
     deform_vertices,
+    locate,
     tet_volumes,
 )
 
@@ -88,3 +89,20 @@ def test_bad_arguments():
         build_tet_grid(0)
     with pytest.raises(ValueError, match="bound"):
         build_tet_grid(4, bound=-1.0)
+
+
+def test_locate_finds_the_grid_tet_and_interpolates_linear_fields():
+    grid = build_tet_grid(5, bound=0.8)
+    points = np.random.default_rng(0).uniform(-0.8, 0.8, (2000, 3)).astype(np.float32)
+    ids, bary = (np.asarray(a) for a in locate(grid, points))
+    # the 4 ids are one of the grid's tets, and the weights reproduce the point
+    tets = {tuple(sorted(t)) for t in grid.tets}
+    assert all(tuple(sorted(t)) in tets for t in ids)
+    assert bary.min() >= -1e-6
+    np.testing.assert_allclose(bary.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.einsum("nk,nkd->nd", bary, grid.vertices[ids]), points, atol=1e-5)
+    # a linear field is reproduced exactly by its values at the grid vertices
+    values = grid.vertices @ np.array([0.3, -1.2, 0.7], np.float32) + 0.1
+    np.testing.assert_allclose(
+        np.sum(bary * values[ids], -1), points @ np.array([0.3, -1.2, 0.7]) + 0.1, atol=1e-5
+    )

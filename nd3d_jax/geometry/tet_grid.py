@@ -148,6 +148,30 @@ def deform_vertices(
     return vertices + b * jnp.tanh(displacement / b)
 
 
+def locate(grid: TetGrid, points: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The tet of the grid holding each point and its barycentric coordinates (traceable).
+
+    In a cube with fractional coordinates f, the Kuhn tet of the axis order that sorts f
+    descending (pi) holds the point: its corners walk c, c + e_pi1, c + e_pi1 + e_pi2, c + 1,
+    with weights 1 - f_pi1, f_pi1 - f_pi2, f_pi2 - f_pi3, f_pi3. Returns `(ids (N, 4) int32
+    vertex indices, bary (N, 4))`; points outside the box are clamped to its boundary cells
+    (their weights then extrapolate). The piecewise-linear field `sum(bary * values[ids])` is the
+    one marching tetrahedra extracts the zero set of.
+    """
+    points = jnp.asarray(points, jnp.float32)
+    r, n = grid.resolution, grid.resolution + 1
+    u = (points + grid.bound) / grid.cell_size
+    cell = jnp.clip(jnp.floor(u), 0, r - 1).astype(jnp.int32)
+    frac = u - cell
+    order = jnp.argsort(-frac, axis=-1)
+    f = jnp.take_along_axis(frac, order, axis=-1)
+    bary = jnp.stack([1.0 - f[:, 0], f[:, 0] - f[:, 1], f[:, 1] - f[:, 2], f[:, 2]], axis=-1)
+    step = jax.nn.one_hot(order, 3, dtype=jnp.int32)  # (N, 3 steps, 3 axes)
+    corners = (cell, cell + step[:, 0], cell + step[:, 0] + step[:, 1], cell + 1)
+    ids = jnp.stack([(c[:, 0] * n + c[:, 1]) * n + c[:, 2] for c in corners], axis=-1)
+    return ids, bary
+
+
 def tet_volumes(vertices: jax.Array, tets: jax.Array) -> jax.Array:
     """Signed volume of every tet (positive for the grid's orientation)."""
     p = vertices[tets]
