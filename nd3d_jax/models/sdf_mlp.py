@@ -14,6 +14,10 @@ displacement deviation (3), with no activation.
 The 3rd -> 4th residual changes width (1024 -> 256), so it goes through `P`, a learned linear
 projection without bias (the ResNet "projection shortcut"), added after the ReLU so the path
 stays linear.
+
+`num_frequencies > 0` (not in the paper; the faithful refinement recipe, docs/design.md) appends
+Fourier features of x_coord to v_in before layer 1: sin and cos of 2^k * frequency_scale * x for
+k < num_frequencies, so the MLP can vary at the scale of a tet-grid cell.
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ LEAKY_SLOPE = 0.2
 
 
 def sdf_mlp_param_count(
-    input_dim: int = INPUT_DIM, hidden: int = HIDDEN_DIM, out_hidden: int = OUT_HIDDEN_DIM
+    input_dim: int = INPUT_DIM,
+    hidden: int = HIDDEN_DIM,
+    out_hidden: int = OUT_HIDDEN_DIM,
+    num_frequencies: int = 0,
 ) -> int:
     """Parameter count by hand: four dense layers, the bias-free projection, two heads."""
+    input_dim += 2 * COORD_DIM * num_frequencies
     dense = (input_dim + 1) * hidden + 2 * (hidden + 1) * hidden + (hidden + 1) * out_hidden
     projection = hidden * out_hidden
     heads = (out_hidden + 1) * 1 + (out_hidden + 1) * 3
@@ -46,6 +54,8 @@ class SDFMLP(nn.Module):
     hidden_dim: int = HIDDEN_DIM
     out_hidden_dim: int = OUT_HIDDEN_DIM
     negative_slope: float = LEAKY_SLOPE
+    num_frequencies: int = 0  # Fourier features of x_coord (0: the paper's 67-D input)
+    frequency_scale: float = 1.0  # angular frequency of the lowest octave
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -68,6 +78,10 @@ class SDFMLP(nn.Module):
                 f"axis, got shape {v_in.shape}"
             )
         lrelu = lambda x: nn.leaky_relu(x, self.negative_slope)  # noqa: E731
+        if self.num_frequencies:
+            octaves = self.frequency_scale * 2.0 ** jnp.arange(self.num_frequencies)
+            angles = (v_in[..., :COORD_DIM, None] * octaves).reshape(*v_in.shape[:-1], -1)
+            v_in = jnp.concatenate([v_in, jnp.sin(angles), jnp.cos(angles)], axis=-1)
         h1 = lrelu(self._dense(self.hidden_dim, "dense_1", ("embed", "mlp"))(v_in))
         h2 = lrelu(self._dense(self.hidden_dim, "dense_2", ("mlp_in", "mlp"))(h1))
         h3 = lrelu(self._dense(self.hidden_dim, "dense_3", ("mlp_in", "mlp"))(h2)) + h2
