@@ -33,7 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.shape.noise_frequency = 9.0
     config.coarse_resolution = 64  # tet grid of the coarse mesh
 
-    config.refine = ml_collections.ConfigDict(dataclasses.asdict(RefineSettings()))
+    # the paper's printed recipe (the smoothing it shows is what generation must not do to thin
+    # parts: configs/generate.py uses the faithful one)
+    config.refine = ml_collections.ConfigDict(dataclasses.asdict(RefineSettings(recipe="paper")))
     config.eval_samples = 20000  # surface samples per mesh for the Chamfer distance
     config.preview_size = 256  # pixels per view of preview.png
 

@@ -274,6 +274,7 @@ def test_refine_from_the_shap_e_field(tiny, coarse):
     shap_e, _, latents = tiny
     field = shap_e.coarse_field(latents[0])
     settings = RefineSettings(
+        recipe="paper",
         resolution=24,
         steps=8,
         hidden_dim=64,

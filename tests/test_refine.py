@@ -18,6 +18,7 @@ from nd3d_jax.geometry.refine import (
 from nd3d_jax.metrics.chamfer import mesh_chamfer
 
 TINY = RefineSettings(
+    recipe="paper",
     hidden_dim=128,
     out_hidden_dim=32,
     num_key_points=1024,
@@ -44,6 +45,7 @@ def refined(noisy_sphere):
 
 def test_paper_defaults():
     s = RefineSettings()
+    assert s.recipe == "faithful"  # the default; the printed recipe's numbers stay below
     assert (s.num_key_points, s.vertex_stride, s.steps) == (2048, 100, 50)
     assert (s.learning_rate, s.weight_decay) == (1e-4, 1e-5)
     assert (s.loss, s.disp_weight, s.eq7_lambda) == ("eq6", 0.3, 0.5)

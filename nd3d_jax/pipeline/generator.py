@@ -176,7 +176,8 @@ class Generator:
         refined.visual.vertex_colors = coarse_lib.rgba(
             closest_colors(coarse.mesh, refined.vertices)
         )
-        return refined, (float(result.losses[0]), float(result.losses[-1]))
+        losses = result.losses if len(result.losses) else np.full(1, np.nan)
+        return refined, (float(losses[0]), float(losses[-1]))
 
     # ------------------------------------------------------------------ stage 5
     def bake(self, refined: trimesh.Trimesh, views: np.ndarray,
