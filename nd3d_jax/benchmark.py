@@ -31,6 +31,7 @@ SUITES = {
     "train": "benchmarks.train",
     "prior": "benchmarks.prior",
     "generate": "benchmarks.generate",
+    "refine": "benchmarks.refine",
 }
 
 
@@ -55,6 +56,7 @@ class Record:
     ratio: float | None = None  # median_s / reference_median_s
     xla_flops: float | None = None  # XLA cost_analysis() of the compiled program
     analytic_flops: float | None = None  # counted by hand from the configuration
+    extra: dict | None = None  # other measured numbers (fidelity, counts), shown as k=v
 
     def __post_init__(self):
         if self.reference_median_s and self.ratio is None:
@@ -86,7 +88,9 @@ def markdown_table(records: list[Record]) -> str:
     head = "| name | device | shape | median ms | throughput | reference | ref ms | ratio |"
     flops = any(r.xla_flops or r.analytic_flops for r in records)
     head += " GFLOP xla / analytic |" if flops else ""
-    rows = [head, "|" + "---|" * (9 if flops else 8)]
+    extra = any(r.extra for r in records)
+    head += " other |" if extra else ""
+    rows = [head, "|" + "---|" * (8 + flops + extra)]
     for r in records:
         tput = f"{r.throughput:.4g} {r.throughput_unit}" if r.throughput is not None else ""
         rows.append(
@@ -95,6 +99,11 @@ def markdown_table(records: list[Record]) -> str:
             + (
                 f" {_fmt(r.xla_flops, 1e-9, 4)} / {_fmt(r.analytic_flops, 1e-9, 4)} |"
                 if flops
+                else ""
+            )
+            + (
+                " " + ", ".join(f"{k}={v}" for k, v in (r.extra or {}).items()) + " |"
+                if extra
                 else ""
             )
         )
