@@ -9,7 +9,14 @@ from nd3d_jax.texture.atlas import (
     texel_fragments,
     unwrap,
 )
-from nd3d_jax.texture.bake import BakeResult, atlas_colors, bake, bake_arrays, transfer_colors
+from nd3d_jax.texture.bake import (
+    BakeResult,
+    atlas_colors,
+    bake,
+    bake_arrays,
+    coverage,
+    transfer_colors,
+)
 from nd3d_jax.texture.export import export_glb, export_obj, textured_trimesh
 from nd3d_jax.texture.render import render_textured, render_views, sample_bilinear
 
@@ -21,6 +28,7 @@ __all__ = [
     "atlas_colors",
     "bake",
     "bake_arrays",
+    "coverage",
     "decimate",
     "export_glb",
     "export_obj",

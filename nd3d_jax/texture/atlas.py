@@ -36,14 +36,18 @@ class TextureSettings:
     max_faces: decimate meshes with more faces before unwrapping (0: never).
     cos_power: a view's weight at a texel is cos(normal, to-camera)^cos_power.
     min_cos: views seeing a face at a grazing angle (cos below this) give it no colour.
-    silhouette_erode: pixels eroded from each view's object mask (the diffusion model blends
-        silhouette pixels with the background).
+    silhouette_erode: the width of each view's silhouette rim as a fraction of the view side
+        (1/256: one pixel at 256 px, none at 32 px); the diffusion model blends rim pixels with
+        the background, so they weigh `rim_weight` and paint only what no inner pixel sees.
+    rim_weight: the rim pixels' weight (0: they never paint).
     depth_tolerance: relative depth slack of the visibility test: a view pixel shows a texel when
         it shows the texel's face, or a surface within depth_tolerance * depth of the texel's
         depth (plus the depth change across one pixel at the face's slant).
     view_weights: one weight per view (empty: all 1), e.g. to favour the front view.
     dilate: texels each chart is grown outward into the gaps (so bilinear and mipmap lookups
         never read background); the remaining gap texels get the mean chart colour.
+    fill_rings: unseen texels take the nearest painted surface's colour up to this many mesh
+        edges away (0: never), then the fill (the coarse colours).
     """
 
     size: int = 1024
@@ -51,10 +55,12 @@ class TextureSettings:
     max_faces: int = 20000
     cos_power: float = 2.0
     min_cos: float = 0.1
-    silhouette_erode: int = 1
+    silhouette_erode: float = 1 / 256
+    rim_weight: float = 0.01
     depth_tolerance: float = 0.01
     view_weights: tuple[float, ...] = ()
     dilate: int = 8
+    fill_rings: int = 16
 
     def __post_init__(self):
         def check(ok, what):
@@ -70,7 +76,10 @@ class TextureSettings:
         )
         check(self.cos_power >= 0, f"cos_power={self.cos_power} must be >= 0")
         check(0 <= self.min_cos < 1, f"min_cos={self.min_cos} must be in [0, 1)")
-        check(isinstance(erode, int) and erode >= 0, f"silhouette_erode={erode} must be >= 0")
+        check(0 <= erode < 0.5, f"silhouette_erode={erode} must be a fraction in [0, 0.5)")
+        check(0 <= self.rim_weight <= 1, f"rim_weight={self.rim_weight} must be in [0, 1]")
+        check(isinstance(self.fill_rings, int) and self.fill_rings >= 0,
+              f"fill_rings={self.fill_rings} must be >= 0")  # fmt: skip
         check(self.depth_tolerance >= 0, f"depth_tolerance={self.depth_tolerance} must be >= 0")
         weights = tuple(self.view_weights)
         check(
