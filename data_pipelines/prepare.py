@@ -49,6 +49,7 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "defa
     """Builds the data set and returns the report {written, skipped, data_dir, ...}; with
     `beam_runner` or `beam_options`, through an Apache Beam pipeline."""
     import tensorflow_datasets as tfds
+    from etils import epath
 
     from data_pipelines.builders.base import PrepareError
     from data_pipelines.loader import silence_variant_probe
@@ -83,9 +84,9 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "defa
               "shapes": dict(sorted(builder.shapes.items())),
               "view_selection": builder.spec.view_selection,
               "runner": (beam_runner or "beam") if beam else "process pool"}  # fmt: skip
-    if not done:
-        with open(os.path.join(builder.data_dir, "prepare_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+    if not done:  # epath: --data_dir may be a bucket (gs://...) on a cluster
+        report_path = epath.Path(builder.data_dir) / "prepare_report.json"
+        report_path.write_text(json.dumps(report, indent=2))
     return report
 
 

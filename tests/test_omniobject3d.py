@@ -202,3 +202,19 @@ def _flat(example: dict, prefix: str = "") -> dict:
     for k, v in example.items():
         out.update(_flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v})
     return out
+
+
+def test_beam_strict_stops_at_a_bad_example_and_writes_nothing(download):
+    from data_pipelines.builders.base import PrepareError
+
+    src, raw = download["base"] / "src", download["base"] / "bad"
+    obj = download["made"]["chair"]
+    for source in ("raw_scans", "blender_renders"):
+        shutil.copytree(src / source / "chair" / obj, raw / source / "chair" / obj)
+    (raw / "blender_renders" / "chair" / obj / "render" / "images" / "r_0.png").write_bytes(b"x")
+    out = download["base"] / "tfds_bad"
+    with pytest.raises(PrepareError, match=r"r_0.png: corrupt image"):
+        prepare("omniobject3d", str(raw), str(out), config="tiny", strict=True,
+                beam_runner="DirectRunner", log=QUIET)  # fmt: skip
+    written = [f for _, _, files in os.walk(out) for f in files]
+    assert not any(f.endswith(".array_record") or f == "dataset_info.json" for f in written)

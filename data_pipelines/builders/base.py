@@ -1,9 +1,12 @@
 """What the Pix3D and OmniObject3D tfds builders share: configs, features, splits by shape,
 the worker pool, and the skip report.
 
-Preparation runs in two passes over a split, both in a pool of spawned worker processes: first
-every distinct shape (unit-cube transform, surface and SDF samples: the slow part, done once
-per shape however many images show it), then every example. A bad file costs its examples,
+Preparation runs in two passes over a split, both in one pool of spawned worker processes:
+first every distinct shape (unit-cube transform, surface and SDF samples: the slow part, done
+once per shape however many images show it), then every example. Given a Beam runner or
+options, tfds runs an Apache Beam pipeline instead, one task per shape and its examples
+(`builders/beam.py`), with the same jobs and the same bookkeeping (`Tally`), so both write the
+same examples. A bad file costs its examples,
 is named in a log line and counted by reason; with `strict=True` the first one stops the run.
 Each shape's faces are made consistent and outward first (`data_pipelines.mesh_repair`); what
 was repaired or could not be is counted per shape (`shapes` in the report), and a shape whose
