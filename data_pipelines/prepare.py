@@ -157,26 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         "--view_selection",
         default=None,
         choices=("ring", "frames"),
-        help="OmniObject3D grid views: the renders nearest generation's camera ring (ring, "
-        "default) or frame numbers spread evenly (frames, the old choice)",
+        help="OmniObject3D grid views: nearest the generation ring (default), or by frame",
     )
     parser.add_argument(
         "--extract_dir",
         default=None,
-        help="OmniObject3D: where category tarballs are unpacked (default "
-        "DATA_DIR/downloads/extracted/omniobject3d)",
+        help="OmniObject3D tarballs unpack here (DATA_DIR/downloads/extracted/omniobject3d)",
     )
     parser.add_argument(
         "--beam_runner",
         default=None,
-        help="run as an Apache Beam pipeline on this runner: DirectRunner (this machine), "
-        "DataflowRunner, FlinkRunner, SparkRunner, ...",
+        help="an Apache Beam pipeline on DirectRunner, DataflowRunner, FlinkRunner, ...",
     )
     parser.add_argument(
         "--beam_options",
         default=None,
-        help="Beam pipeline options, e.g. '--direct_num_workers=4 "
-        "--direct_running_mode=multi_processing' or a cluster's project, region, temp_location",
+        help="Beam's flags, e.g. '--direct_num_workers=4 --direct_running_mode=multi_processing'",
     )
     args = parser.parse_args(argv)
     if args.extract_dir and args.dataset != "omniobject3d":
