@@ -43,6 +43,13 @@ setup(
         "array-record>=0.8.6,<0.9",
         "grain>=0.2.18,<0.3",
         "tqdm>=4.67,<5",
+        # Preparation past one machine: tfds's Apache Beam support (data_pipelines/builders/
+        # beam.py; Dataflow, Flink, Spark, or the DirectRunner). Beam 2.77 caps protobuf < 7
+        # (and pyarrow < 26, python-dateutil < 3); googleapis-common-protos needs >= 6.33.5.
+        # Tested: protobuf 6.33.6, pyarrow 25.0.1 beside tensorflow-cpu 2.21, tfds 4.9.10,
+        # grain 0.2.18, tensorboard 2.21 (pip check clean).
+        "apache-beam>=2.77,<2.78",
+        "protobuf>=6.33.5,<7",
         "tensorboard>=2.20,<3",  # to view the trainer's event files
         "tensorboardX>=2.6.5,<2.7",  # writes them without importing TensorFlow
         # Weight import: safetensors reads checkpoints; transformers only for the CLIP tokenizer.

@@ -10,11 +10,19 @@ Loader: writes a synthetic Pix3D set in a temporary folder, prepares it with the
 (the paper-size `default` config: 512 x 512 images, 4096 surface points, 6144 SDF queries;
 `tiny` with --quick) and times batches of the training pipeline (decode,
 random flip, batching). The 2-thread row lists the 1-thread row as its reference.
+
+OmniObject3D at full scale: one synthetic object at the real sizes (100 renders of 800 x 800
+px, a ~330k-face textured scan; `synthetic.omniobject3d.write_object`), hard-linked under
+other names, prepared with the paper-size config on 1 and 2 worker processes. Each worker
+count runs twice, on k and 3k objects: the difference gives the seconds per object (start-up
+excluded), which project the full set (OMNI_OBJECTS) as start-up + n x per object. The machine
+load (1-minute average) before and after is in the device column. --quick: tiny sizes, 1 core.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -26,6 +34,7 @@ from data_pipelines.loader import data_source, make_iterator
 from data_pipelines.mesh_repair import repair_orientation
 from data_pipelines.prepare import prepare
 from data_pipelines.shape_samples import inside, shape_samples
+from data_pipelines.synthetic.omniobject3d import write_object
 from data_pipelines.synthetic.pix3d import write_pix3d
 from nd3d_jax.benchmark import BenchOptions, Record, measure
 
@@ -78,7 +87,67 @@ def sign_suite(opts: BenchOptions) -> list[Record]:
 
 
 def suite(opts: BenchOptions) -> list[Record]:
-    return sign_suite(opts) + loader_suite(opts)
+    return sign_suite(opts) + loader_suite(opts) + omniobject3d_suite(opts)
+
+
+OMNI_OBJECTS = 6000  # OmniObject3D: about 6,000 objects in 190 categories
+FULL_SIZE = {"num_views": 100, "image_size": 800, "scan_faces": 330_000}  # render_blender.py
+QUICK_SIZE = {"num_views": 6, "image_size": 48, "scan_faces": 2_000}
+
+
+def _omni_copies(src: str, name: str, count: int, out: str) -> None:
+    """`count` objects in `out`: the one written under `src`, hard-linked under new names."""
+    for source in ("raw_scans", "blender_renders"):
+        for i in range(count):
+            shutil.copytree(os.path.join(src, source, "chair", name),
+                            os.path.join(out, source, "chair", f"chair_{i + 1:03d}"),
+                            copy_function=os.link)  # fmt: skip
+
+
+def omniobject3d_suite(opts: BenchOptions) -> list[Record]:
+    """Seconds per OmniObject3D object at the real sizes, on 1 and 2 worker processes."""
+    sizes, config = (QUICK_SIZE, "tiny") if opts.quick else (FULL_SIZE, "default")
+    quiet = lambda msg: None  # noqa: E731
+    os.environ["IGL_NUM_THREADS"] = "1"  # the 1-worker runs are in this process: one core
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "src")
+        name = write_object(src, "chair", 1, seed=0, **sizes)
+        with open(os.path.join(src, "raw_scans", "chair", name, "Scan", "Scan.obj")) as f:
+            faces = sum(line.startswith("f ") for line in f)
+        # process warm-up (TensorFlow's image encoders, tfds) outside the timed runs
+        _omni_copies(src, name, 1, os.path.join(tmp, "warmup"))
+        prepare("omniobject3d", os.path.join(tmp, "warmup"), os.path.join(tmp, "tfds_warmup"),
+                config="tiny", num_workers=1, test_fraction=0.0, log=quiet)  # fmt: skip
+        for workers in (1,) if opts.quick else (1, 2):
+            load = os.getloadavg()[0]
+            walls = {}
+            for count in (workers, 3 * workers):
+                raw = os.path.join(tmp, f"raw_{workers}_{count}")
+                _omni_copies(src, name, count, raw)
+                start = time.perf_counter()
+                # one split: every run's jobs go to its pool (start-up in both runs alike)
+                report = prepare("omniobject3d", raw, os.path.join(tmp, f"tfds_{workers}_{count}"),
+                                 config=config, num_workers=workers, test_fraction=0.0,
+                                 log=quiet)  # fmt: skip
+                walls[count] = time.perf_counter() - start
+                assert sum(report["written"].values()) == count, report
+            (n1, w1), (n2, w2) = sorted(walls.items())
+            per = max((w2 - w1) / (n2 - n1), 1e-9)  # --quick's tiny objects: within noise
+            full = w1 - n1 * per + OMNI_OBJECTS * per
+            ref = records[0] if records else None
+            records.append(Record(
+                name=f"prepare_omniobject3d_{config}_{workers}core",
+                device=f"host CPU ({os.cpu_count()} cores, load {load:.1f}-"
+                       f"{os.getloadavg()[0]:.1f})",
+                shape=f"{sizes['num_views']} renders x {sizes['image_size']} px, {faces} faces;"
+                      f" {n1}/{n2} objects in {w1:.0f}/{w2:.0f} s; {OMNI_OBJECTS:,} objects:"
+                      f" {full / 3600:.1f} h",
+                median_s=per, repeats=1, throughput=1 / per, throughput_unit="objects/s",
+                reference=ref and f"{ref.name} (same run)",
+                reference_median_s=ref and ref.median_s,
+            ))  # fmt: skip
+    return records
 
 
 def loader_suite(opts: BenchOptions) -> list[Record]:

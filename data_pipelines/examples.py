@@ -14,10 +14,23 @@ import zlib
 
 import numpy as np
 
-from data_pipelines import cameras
-from data_pipelines.images import BadExample, alpha_mask, read_image, square_image, to_rgb
+from data_pipelines import cameras, grid_views
+from data_pipelines.images import (
+    BadExample,
+    alpha_mask,
+    background_mask,
+    has_alpha,
+    read_image,
+    square_image,
+    to_rgb,
+)
 from data_pipelines.mesh_repair import repair_orientation
-from data_pipelines.shape_samples import condition_mesh, shape_samples, unit_cube_transform
+from data_pipelines.shape_samples import (
+    condition_mesh,
+    shape_samples,
+    texture_image,
+    unit_cube_transform,
+)
 from nd3d_jax.geometry.mesh_ops import MeshError, load_mesh
 
 
@@ -32,6 +45,14 @@ class Spec:
     grid_rows: int = 2  # OmniObject3D K-view grid (DESIGN: 2 x 2 views in one 512 x 512 image)
     grid_cols: int = 2
     input_view: int = 0  # OmniObject3D render used as the input image
+    # OmniObject3D grid views (`grid_views`): "ring", the renders nearest generation's K-camera
+    # ring (configs/generate.py `cameras`: 20 degrees up, the first facing +Z) turned by a
+    # seeded per-object azimuth offset in +-view_azimuth_jitter_deg (45: half the 2 x 2 ring's
+    # spacing, every rotation alike); or "frames", frame numbers spread evenly (the old choice)
+    view_selection: str = "ring"
+    view_elevation_deg: float = 20.0
+    view_azimuth_jitter_deg: float = 45.0
+    view_seed: int = 0
     caption_template: str = "a photo of a {category}"
     # the condition mesh: the paper samples "1 face per 10, totaling 512", so 5120 faces
     mesh_faces: int = 5120
@@ -61,11 +82,18 @@ def _run(key, fn, *args):
         return ("skip", key, e.reason, e.path, e.detail)
 
 
-def _shape(path: str, spec: Spec, seed: int) -> dict:
+TEXTURE_NOT_LOADED = "texture not loaded (one plain colour)"
+NO_ALPHA = "render without alpha (mask from the background colour)"
+
+
+def _shape(path: str, spec: Spec, seed: int, textured: bool = False) -> dict:
     try:
         mesh = load_mesh(path)
     except (MeshError, FileNotFoundError) as e:
         raise BadExample(_mesh_reason(e), path, str(e).removeprefix(f"{path}: ")) from e
+    # a scan whose .mtl does not lead trimesh to its image (OmniObject3D: Scan.mtl -> Scan.jpg)
+    # gets one plain colour everywhere: said, and counted per shape
+    texture_warnings = [TEXTURE_NOT_LOADED] if textured and texture_image(mesh) is None else []
     centre, scale = unit_cube_transform(np.asarray(mesh.vertices))
     unit = mesh.copy()
     unit.vertices = (np.asarray(mesh.vertices) - centre) * scale
@@ -82,7 +110,8 @@ def _shape(path: str, spec: Spec, seed: int) -> dict:
     mesh_arrays = {"mesh_vertices": vertices, "mesh_faces": faces, "mesh_colors": colors}
     inside = float((s.sdf_values[: spec.num_sdf_near] < 0).mean())
     return {"centre": centre, "scale": scale, **s._asdict(), **mesh_arrays,
-            "path": path, "inside_fraction": inside, "warnings": repaired.warnings()}  # fmt: skip
+            "path": path, "inside_fraction": inside,
+            "warnings": texture_warnings + repaired.warnings()}  # fmt: skip
 
 
 def plausible_sign(shape: dict, spec: Spec) -> str | None:
@@ -95,9 +124,10 @@ def plausible_sign(shape: dict, spec: Spec) -> str | None:
 
 
 def prepare_shape(job) -> tuple:
-    """job = (shape_id, mesh path, Spec): the unit-cube transform and the shape's samples."""
-    shape_id, path, spec = job
-    return _run(shape_id, _shape, path, spec, zlib.crc32(shape_id.encode()))
+    """job = (shape_id, mesh path, Spec[, textured]): the unit-cube transform and the shape's
+    samples; `textured` (OmniObject3D's scans) warns when the texture image does not load."""
+    shape_id, path, spec, *textured = job
+    return _run(shape_id, _shape, path, spec, zlib.crc32(shape_id.encode()), *textured)
 
 
 def _shape_features(shape: dict) -> dict:
@@ -173,31 +203,46 @@ def _read_transforms(path: str) -> tuple[float, list]:
     return angle, frames
 
 
-def _render(render_dir: str, frame: dict, angle: float, shape: dict, size: int, where: str):
-    """One OmniObject3D render composited on white and resized, with its camera."""
+def _frame(frame, where: str) -> tuple[str, np.ndarray, float]:
+    """(image file name, Blender camera-to-world, render scale) of one transforms.json frame.
+    `file_path` is the name without extension ("r_0", new) or a path on the authors' machine
+    ("/.../render/r_0", old): the name is all that is read, under render/images/."""
     try:
         name = os.path.basename(str(frame["file_path"]))
         c2w = _finite(frame["transform_matrix"], (4, 4), "transform_matrix", where)
         render_scale = float(frame.get("scale", 1.0))
     except (KeyError, TypeError, ValueError) as e:
         raise BadExample("bad transforms.json", where, f"{type(e).__name__}: {e}") from e
-    if not name.endswith(".png"):
-        name += ".png"
+    if not render_scale > 0:
+        raise BadExample("bad transforms.json", where, f"scale {render_scale} is not positive")
+    return (name if name.endswith(".png") else name + ".png"), c2w, render_scale
+
+
+def _render(render_dir: str, name: str, pose, angle: float, size: int):
+    """One OmniObject3D render composited on white and resized, its mask and camera, and
+    whether it had alpha (without it, the mask is what differs from the background colour)."""
     image = read_image(os.path.join(render_dir, "images", name))
     focal, principal = cameras.square_pad_resize_intrinsics(
         cameras.focal_from_angle(angle, image.width), image.width, image.height, size
     )
-    pose = cameras.blender_c2w_to_obj_frame(c2w, render_scale, shape["centre"], shape["scale"])
-    rgb = square_image(to_rgb(image), size)
-    mask = square_image(alpha_mask(image), size, mask=True)
-    return rgb, mask, _camera(pose, focal, principal)
+    if has_alpha(image):
+        rgb, mask = to_rgb(image), alpha_mask(image)
+    else:
+        rgb = np.array(image.convert("RGB"))
+        mask = background_mask(rgb)
+        rgb[~mask] = 255
+    rgb, mask = square_image(rgb, size), square_image(mask, size, mask=True)
+    return rgb, mask, _camera(pose, focal, principal), has_alpha(image)
 
 
-def view_indices(num_frames: int, input_view: int, count: int) -> list[int]:
-    """`count` renders spread evenly over those other than the input view."""
-    others = [i for i in range(num_frames) if i != input_view]
-    pick = np.linspace(0, len(others), count, endpoint=False).astype(int)
-    return [others[i] for i in pick]
+def grid_view_indices(item: dict, poses: np.ndarray, spec: Spec) -> list[int]:
+    """The renders that fill the K-view grid (`Spec.view_selection`), input view excluded."""
+    count = spec.grid_rows * spec.grid_cols
+    if spec.view_selection == "frames":
+        return grid_views.frame_views(len(poses), spec.input_view, count)
+    offset = grid_views.azimuth_offset(item["key"], spec.view_seed, spec.view_azimuth_jitter_deg)
+    return grid_views.nearest_to_ring(poses, count, spec.view_elevation_deg, offset,
+                                      exclude=(spec.input_view,))  # fmt: skip
 
 
 def _omniobject3d(item: dict, shape: dict, spec: Spec) -> dict:
@@ -207,14 +252,18 @@ def _omniobject3d(item: dict, shape: dict, spec: Spec) -> dict:
     count = spec.grid_rows * spec.grid_cols
     if len(frames) < count + 1 or spec.input_view >= len(frames):
         raise BadExample("too few renders", where, f"{len(frames)} frames, need {count + 1}")
-    rgb, mask, camera = _render(render_dir, frames[spec.input_view], angle, shape,
-                                spec.image_size, where)  # fmt: skip
+    parsed = [_frame(frame, where) for frame in frames]
+    poses = np.stack([cameras.blender_c2w_to_obj_frame(c2w, scale, shape["centre"], shape["scale"])
+                      for _, c2w, scale in parsed])  # fmt: skip
+    rgb, mask, camera, alpha = _render(render_dir, parsed[spec.input_view][0],
+                                       poses[spec.input_view], angle, spec.image_size)  # fmt: skip
     tile = spec.image_size // spec.grid_cols
-    views = [_render(render_dir, frames[i], angle, shape, tile, where)
-             for i in view_indices(len(frames), spec.input_view, count)]  # fmt: skip
+    views = [_render(render_dir, parsed[i][0], poses[i], angle, tile)
+             for i in grid_view_indices(item, poses, spec)]  # fmt: skip
     rows = [np.concatenate([v[0] for v in views[r * spec.grid_cols : (r + 1) * spec.grid_cols]], 1)
             for r in range(spec.grid_rows)]  # fmt: skip
     stack = lambda k: np.stack([v[2][k] for v in views])  # noqa: E731
+    alpha = alpha and all(v[3] for v in views)
     return {
         "image": rgb,
         "mask": mask[..., None].astype(np.uint8),
@@ -230,6 +279,7 @@ def _omniobject3d(item: dict, shape: dict, spec: Spec) -> dict:
             "principal": stack("principal"),
         },  # fmt: skip
         **_shape_features(shape),
+        "warnings": [] if alpha else [NO_ALPHA],  # counted per shape, not a feature
     }
 
 

@@ -42,11 +42,28 @@ def to_rgb(image: Image.Image, background=(255, 255, 255)) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
+
+
 def alpha_mask(image: Image.Image) -> np.ndarray:
     """(H, W) bool: alpha > 1/2, or all True for an opaque image."""
-    if "A" not in image.getbands():
+    if not has_alpha(image):
         return np.ones((image.height, image.width), bool)
-    return np.asarray(image.getchannel("A")) > 127
+    return np.asarray(image.convert("RGBA").getchannel("A")) > 127
+
+
+BACKGROUND_TOLERANCE = 24  # of 255: JPEG-free renders keep the background colour exactly
+
+
+def background_mask(rgb: np.ndarray, tolerance: int = BACKGROUND_TOLERANCE) -> np.ndarray:
+    """(H, W) bool for an (H, W, 3) render without alpha: the pixels whose colour differs from
+    the background's (the median colour of the one-pixel border) by more than `tolerance` in
+    some channel. An object pixel of exactly the background colour is lost (no alpha to say)."""
+    rgb = np.asarray(rgb, np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])
+    background = np.median(border, axis=0)
+    return np.abs(rgb - background).max(-1) > tolerance
 
 
 def square_image(array: np.ndarray, size: int, *, mask: bool = False) -> np.ndarray:

@@ -3,7 +3,9 @@
 Prepares a manual download as a tfds data set in ArrayRecord files under --data_dir, using all
 cores, and prints how many examples were written and how many were skipped, by reason, and per
 shape what was repaired or looked wrong (also saved as prepare_report.json beside the data).
---strict stops at the first bad example.
+--strict stops at the first bad example. With --beam_runner (and --beam_options) the examples
+are made by an Apache Beam pipeline instead (tfds's Beam support): the same command runs on
+Dataflow, Flink or Spark, or locally (DirectRunner) with several workers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from nd3d_jax.errors import UserError
@@ -30,16 +33,31 @@ def builder_class(dataset: str):
     raise UserError(f"unknown dataset {dataset!r}; use one of {BUILDERS}")
 
 
+def beam_pipeline_options(beam_options):
+    """`--beam_options` ("--flag=value ...", or a list of flags) as Beam PipelineOptions."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError as e:
+        raise UserError(f"--beam_runner/--beam_options need apache-beam ({e})") from e
+    flags = shlex.split(beam_options) if isinstance(beam_options, str) else list(beam_options)
+    return PipelineOptions(flags)
+
+
 def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "default",
-            overwrite: bool = False, **options) -> dict:  # fmt: skip
-    """Builds the data set and returns the report {written, skipped, data_dir, ...}."""
+            overwrite: bool = False, beam_runner: str | None = None,
+            beam_options: str | list[str] | None = None, **options) -> dict:  # fmt: skip
+    """Builds the data set and returns the report {written, skipped, data_dir, ...}; with
+    `beam_runner` or `beam_options`, through an Apache Beam pipeline."""
     import tensorflow_datasets as tfds
+    from etils import epath
 
     from data_pipelines.builders.base import PrepareError
     from data_pipelines.loader import silence_variant_probe
 
     if not os.path.isdir(manual_dir):
         raise PrepareError(f"--manual_dir {manual_dir} does not exist")
+    beam = beam_runner is not None or beam_options is not None
+    pipeline_options = beam_pipeline_options(beam_options or []) if beam else None
     silence_variant_probe()  # tfds warns that the folder it is about to write is not there yet
     builder = builder_class(dataset)(data_dir=data_dir, config=config,
                                      file_format="array_record", **options)  # fmt: skip
@@ -50,18 +68,37 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "defa
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=manual_dir,
             download_mode=mode.FORCE_REDOWNLOAD if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+            beam_runner=beam_runner, beam_options=pipeline_options,
         ))  # fmt: skip
+    except Exception as e:
+        error = _worker_error(e) if beam else e
+        if error is e:
+            raise
+        raise error from e
     finally:
         tfds.display_progress_bar(True)
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     report = {"dataset": dataset, "config": config, "data_dir": os.fspath(builder.data_dir),
               "already_prepared": done, "written": splits,
               "skipped": dict(sorted(builder.skipped.items())),
-              "shapes": dict(sorted(builder.shapes.items()))}  # fmt: skip
-    if not done:
-        with open(os.path.join(builder.data_dir, "prepare_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+              "shapes": dict(sorted(builder.shapes.items())),
+              "view_selection": builder.spec.view_selection,
+              "runner": (beam_runner or "beam") if beam else "process pool"}  # fmt: skip
+    if not done:  # epath: --data_dir may be a bucket (gs://...) on a cluster
+        report_path = epath.Path(builder.data_dir) / "prepare_report.json"
+        report_path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _worker_error(error: Exception) -> Exception:
+    """A Beam worker's PrepareError (strict), which the runner wraps, as that error again."""
+    from data_pipelines.builders.base import PrepareError
+
+    text = str(error)
+    marker = "PrepareError: "
+    if isinstance(error, PrepareError) or marker not in text:
+        return error
+    return PrepareError(text.split(marker, 1)[1].splitlines()[0].strip(" '\""))
 
 
 def summary(report: dict) -> str:
@@ -86,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", required=True, choices=BUILDERS)
-    parser.add_argument("--manual_dir", required=True, help="the unpacked manual download")
+    parser.add_argument(
+        "--manual_dir",
+        required=True,
+        help="the manual download as it comes (OmniObject3D: the root holding raw/)",
+    )
     parser.add_argument("--data_dir", required=True, help="where the tfds data set is written")
     parser.add_argument("--config", default="default", choices=("default", "tiny"))
     parser.add_argument("--strict", action="store_true", help="stop at the first bad example")
@@ -112,14 +153,40 @@ def main(argv: list[str] | None = None) -> int:
         help="keep (with a warning) shapes whose near-surface SDF queries are under 5%% or over "
         "95%% inside, instead of skipping them",
     )
+    parser.add_argument(
+        "--view_selection",
+        default=None,
+        choices=("ring", "frames"),
+        help="OmniObject3D grid views: nearest the generation ring (default), or by frame",
+    )
+    parser.add_argument(
+        "--extract_dir",
+        default=None,
+        help="OmniObject3D tarballs unpack here (DATA_DIR/downloads/extracted/omniobject3d)",
+    )
+    parser.add_argument(
+        "--beam_runner",
+        default=None,
+        help="an Apache Beam pipeline on DirectRunner, DataflowRunner, FlinkRunner, ...",
+    )
+    parser.add_argument(
+        "--beam_options",
+        default=None,
+        help="Beam's flags, e.g. '--direct_num_workers=4 --direct_running_mode=multi_processing'",
+    )
     args = parser.parse_args(argv)
+    if args.extract_dir and args.dataset != "omniobject3d":
+        parser.error("--extract_dir is for --dataset=omniobject3d (Pix3D comes unpacked)")
+    options = {"extract_dir": args.extract_dir} if args.extract_dir else {}
     try:
         report = prepare(args.dataset, args.manual_dir, args.data_dir, config=args.config,
                          overwrite=args.overwrite, strict=args.strict,
                          num_workers=args.num_workers, split_file=args.split_file,
                          test_fraction=args.test_fraction,
                          caption_template=args.caption_template,
-                         keep_implausible=args.keep_implausible)  # fmt: skip
+                         keep_implausible=args.keep_implausible,
+                         view_selection=args.view_selection, beam_runner=args.beam_runner,
+                         beam_options=args.beam_options, **options)  # fmt: skip
     except UserError as e:  # PrepareError included
         print(f"error: {e}", file=sys.stderr)
         return 2

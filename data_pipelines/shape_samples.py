@@ -34,7 +34,8 @@ def unit_cube_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:
     return ((lo + hi) / 2).astype(np.float64), 1.0 / extent
 
 
-def _texture_image(mesh: trimesh.Trimesh):
+def texture_image(mesh: trimesh.Trimesh):
+    """The mesh's texture image (PIL), or None when it has none or it did not load."""
     material = getattr(mesh.visual, "material", None)
     image = getattr(material, "image", None)
     if image is None and material is not None and hasattr(material, "baseColorTexture"):
@@ -52,7 +53,7 @@ def surface_colors(mesh: trimesh.Trimesh, face_index: np.ndarray, bary: np.ndarr
     visual = mesh.visual
     colors = np.broadcast_to(np.asarray(DEFAULT_COLOR), (count, 3))
     uv = getattr(visual, "uv", None)
-    image = _texture_image(mesh)
+    image = texture_image(mesh)
     if uv is not None and image is not None and len(uv) == len(mesh.vertices):
         tri_uv = np.asarray(uv)[mesh.faces[face_index]]  # (count, 3, 2)
         sample_uv = np.einsum("nk,nkd->nd", bary, tri_uv)

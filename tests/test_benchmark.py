@@ -74,12 +74,16 @@ def test_geometry_suite_quick():
 
 def test_data_suite_quick():
     records = benchmark.run_suites(["data"], BenchOptions(quick=True, repeats=2, warmup=0))
-    signs, *loader = records
+    signs, *loader, omni = records
     assert signs.name.startswith("sdf_signs_") and "exact" in signs.reference and signs.ratio > 0
     assert "signs equal exact: True" in signs.shape
     assert [r.name for r in loader] == ["loader_pix3d_tiny_1thread", "loader_pix3d_tiny_2thread"]
     assert all(r.throughput > 0 and r.throughput_unit == "examples/s" for r in loader)
     assert loader[1].reference_median_s == loader[0].median_s and loader[1].ratio > 0
+    # OmniObject3D at (here: tiny) real sizes, per object and projected to the full set
+    assert omni.name == "prepare_omniobject3d_tiny_1core" and omni.throughput_unit == "objects/s"
+    assert "6 renders x 48 px" in omni.shape and "6,000 objects:" in omni.shape
+    assert 1000 <= int(omni.shape.split(" faces")[0].split()[-1]) <= 4000  # ~2k-face scan
 
 
 def test_encoders_suite_quick():

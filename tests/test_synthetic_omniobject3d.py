@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from data_pipelines.synthetic.__main__ import main
 from data_pipelines.synthetic.omniobject3d import (
     POINT_COUNTS,
     blender_import,
+    camera_poses,
     render_scale,
     write_omniobject3d,
 )
@@ -48,6 +50,14 @@ def test_transforms_match_the_renders(root):
     for frame in meta["frames"]:
         assert set(frame) == {"file_path", "rotation", "transform_matrix", "scale"}
         assert frame["scale"] == pytest.approx(render_scale(world))
+        # render_blender.py's camera: (0, 4, 0.5) turned about the origin onto the upper
+        # hemisphere, looking at the origin (TRACK_TO), upright: no roll about the view axis
+        c2w = np.asarray(frame["transform_matrix"])
+        eye = c2w[:3, 3]
+        assert np.linalg.norm(eye) == pytest.approx(math.sqrt(16.25), rel=1e-5)
+        assert eye[2] >= 0.5 * math.cos(math.pi / 2) - 1e-6  # z = 4 sin x + 0.5 cos x >= 0
+        np.testing.assert_allclose(-c2w[:3, 2], -eye / np.linalg.norm(eye), atol=1e-5)
+        assert abs(c2w[2, 0]) < 1e-5 and c2w[2, 1] > 0  # camera x horizontal, its y up
         image = np.asarray(Image.open(render / "images" / f"{frame['file_path']}.png"))
         assert image.shape == (64, 64, 4) and image.dtype == np.uint8
         cam = pinhole(np.asarray(frame["transform_matrix"]), 64, 64, fov=meta["camera_angle_x"])
@@ -62,6 +72,18 @@ def test_transforms_match_the_renders(root):
         dilated = np.max([alpha[i : i + 64, j : j + 64] for i in range(3) for j in range(3)], 0)
         assert np.mean(dilated[px[inside, 1], px[inside, 0]]) > 0.99
         assert 0.005 < np.mean(image[..., 3] > 0) < 0.9
+
+
+def test_cameras_cover_the_upper_hemisphere_as_the_script_draws_them():
+    """The script's elevations: x = |arccos(1 - 2u) - pi/2| (uniform on the hemisphere's
+    area: P(x < t) = sin t), then + atan(0.5 / 4) from the camera's start (0, 4, 0.5)."""
+    eye = camera_poses(4000, np.random.default_rng(0))[:, :3, 3]
+    # x back from the elevation (right below x = 83 degrees, where the camera passes the top)
+    x = np.arcsin(eye[:, 2] / np.linalg.norm(eye, axis=1)) - math.atan2(0.5, 4.0)
+    for t in (0.3, 0.7, 1.2):
+        assert np.mean(x < t) == pytest.approx(math.sin(t), abs=0.03)
+    azimuth = np.arctan2(eye[:, 1], eye[:, 0])
+    assert np.histogram(azimuth, 8)[0].min() > 400  # uniform azimuths
 
 
 def test_textured_scan_keeps_the_colours(root):

@@ -1,9 +1,12 @@
 """What the Pix3D and OmniObject3D tfds builders share: configs, features, splits by shape,
 the worker pool, and the skip report.
 
-Preparation runs in two passes over a split, both in a pool of spawned worker processes: first
-every distinct shape (unit-cube transform, surface and SDF samples: the slow part, done once
-per shape however many images show it), then every example. A bad file costs its examples,
+Preparation runs in two passes over a split, both in one pool of spawned worker processes:
+first every distinct shape (unit-cube transform, surface and SDF samples: the slow part, done
+once per shape however many images show it), then every example. Given a Beam runner or
+options, tfds runs an Apache Beam pipeline instead, one task per shape and its examples
+(`builders/beam.py`), with the same jobs and the same bookkeeping (`Tally`), so both write the
+same examples. A bad file costs its examples,
 is named in a log line and counted by reason; with `strict=True` the first one stops the run.
 Each shape's faces are made consistent and outward first (`data_pipelines.mesh_repair`); what
 was repaired or could not be is counted per shape (`shapes` in the report), and a shape whose
@@ -33,6 +36,7 @@ from tqdm import tqdm
 from data_pipelines.examples import Spec, plausible_sign, prepare_shape
 from nd3d_jax.errors import UserError
 
+VIEW_SELECTIONS = ("ring", "frames")  # Spec.view_selection
 TINY = Spec(image_size=64, num_surface=256, num_sdf_near=256, num_sdf_uniform=128, mesh_faces=512)
 
 
@@ -121,11 +125,13 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = CONFIGS
     example_job: Callable  # prepare_pix3d / prepare_omniobject3d
+    textured = False  # the meshes come with textures: say (and count) when one does not load
 
     def __init__(self, *, strict: bool = False, num_workers: int | None = None,
                  split_file: str | None = None, test_fraction: float = 0.1,
                  caption_template: str | None = None, log: Callable[[str], None] | None = None,
-                 keep_implausible: bool = False, **kwargs):  # fmt: skip
+                 keep_implausible: bool = False, view_selection: str | None = None,
+                 **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         if not 0.0 <= test_fraction < 1.0:
             raise UserError(f"--test_fraction must be in [0, 1), got {test_fraction}")
@@ -137,10 +143,17 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if "{category}" not in caption_template:
                 raise UserError(f"--caption_template {caption_template!r} lacks '{{category}}'")
             self.spec = dataclasses.replace(self.spec, caption_template=caption_template)
+        if view_selection is not None:
+            if view_selection not in VIEW_SELECTIONS:
+                raise UserError(f"--view_selection must be one of {VIEW_SELECTIONS}, "
+                                f"got {view_selection!r}")  # fmt: skip
+            self.spec = dataclasses.replace(self.spec, view_selection=view_selection)
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.skipped: collections.Counter[str] = collections.Counter()
         self.written: collections.Counter[str] = collections.Counter()
         self.shapes: collections.Counter[str] = collections.Counter()  # prepared, warnings
+        self.beam = False  # set from the download config: tfds runs a Beam pipeline
+        self._pool = None  # the process pool, while preparing
 
     # -- subclass hooks --------------------------------------------------------------------
     def extra_features(self) -> dict:
@@ -155,13 +168,6 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         config = self.builder_config
         features = common_features(config.spec, config.image_encoding) | self.extra_features()
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features))
-
-    def skip(self, reason: str, path: str, detail: str = "", count: int = 1) -> None:
-        message = f"{path}: {reason}" + (f" ({detail})" if detail else "")
-        if self.strict:
-            raise PrepareError(message)
-        self.skipped[reason] += count
-        self.log(f"skipped {count} example{'s' * (count != 1)}: {message}")
 
     # tfds prints a download banner and a done line on stdout; nothing downloads here
     def _log_download_bytes(self) -> None:
@@ -185,6 +191,16 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                       "test": [it for it in items if it["shape_id"] in test]}  # fmt: skip
         return {name: self._generate_examples(its, name) for name, its in splits.items() if its}
 
+    def _download_and_prepare(self, dl_manager, download_config):
+        # tfds builds a Beam pipeline when given a runner or options; so do the builders
+        self.beam = download_config.beam_runner is not None or bool(download_config.beam_options)
+        try:
+            return super()._download_and_prepare(dl_manager, download_config)
+        finally:
+            if self._pool is not None:
+                self._pool.terminate()
+                self._pool = None
+
     def _progress(self, results, total: int, desc: str) -> Iterator[tuple]:
         """A tqdm bar on a terminal; elsewhere (logs, CI) a plain line per tenth done."""
         if sys.stderr.isatty():
@@ -197,50 +213,121 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 self.log(f"{desc}: {done}/{total}")
 
     def _map(self, fn, jobs, desc: str) -> Iterator[tuple]:
+        """fn over jobs, in the worker pool (started once, for every pass) when there is one."""
         if self.num_workers <= 1 or len(jobs) <= 1:
             yield from self._progress(map(fn, jobs), len(jobs), desc)
             return
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that holds TF threads
-        with ctx.Pool(min(self.num_workers, len(jobs)), initializer=_one_thread) as pool:
-            yield from self._progress(pool.imap_unordered(fn, jobs), len(jobs), desc)
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")  # never fork a process with TF threads
+            self._pool = ctx.Pool(self.num_workers, initializer=_one_thread)
+        yield from self._progress(self._pool.imap_unordered(fn, jobs), len(jobs), desc)
 
-    def _shape_ok(self, shape: dict, count: int) -> bool:
-        """Counts the shape's warnings; False (skipped) if its SDF sign is implausible."""
-        self.shapes["prepared"] += 1
-        warnings = shape.pop("warnings")
-        self.shapes.update(warnings)
-        if warnings:
-            self.log(f"warning: {shape['path']}: {'; '.join(warnings)}")
-        problem = plausible_sign(shape, self.spec)
-        if problem is None:
-            return True
-        if self.keep_implausible:
-            self.shapes["implausible inside fraction, kept"] += 1
-            self.log(f"warning: {shape['path']}: kept with {problem}")
-            return True
-        self.shapes["implausible inside fraction, skipped"] += 1
-        self.skip("implausible inside fraction", shape["path"], problem, count=count)
-        return False
+    def tally(self, log=None, count=None) -> Tally:
+        """The bookkeeping of one worker: this builder's counters, or the given `count`."""
+        return Tally(self.spec, self.strict, self.keep_implausible, log or self.log,
+                     count or self._count)  # fmt: skip
+
+    def _count(self, kind: str, name: str, n: int) -> None:
+        {"skipped": self.skipped, "shapes": self.shapes, "written": self.written}[kind][name] += n
+
+    def skip(self, reason: str, path: str, detail: str = "", count: int = 1) -> None:
+        self.tally().skip(reason, path, detail, count)
 
     def _generate_examples(self, items: list[dict], split: str):
+        """The split's examples: a generator over the process pool, or under Beam the
+        PTransform (`builders.beam`) that does the same per shape on the runner's workers."""
         by_shape = collections.defaultdict(list)
         for it in items:
             by_shape[it["shape_id"]].append(it)
-        jobs = [(sid, self._shape_paths[sid], self.spec) for sid in sorted(by_shape)]
+        groups = [(sid, self._shape_paths[sid], by_shape[sid]) for sid in sorted(by_shape)]
+        if getattr(self, "beam", False):
+            from data_pipelines.builders.beam import PrepareExamples
+
+            return PrepareExamples(groups, split, self.worker_settings())
+        return self._pool_examples(groups, items, split)
+
+    def worker_settings(self) -> dict:
+        """What a Beam worker needs to prepare a group (plain values: it is pickled)."""
+        return {"spec": self.spec, "strict": self.strict, "textured": self.textured,
+                "keep_implausible": self.keep_implausible,
+                "example_job": type(self).example_job}  # fmt: skip
+
+    def _pool_examples(self, groups, items: list[dict], split: str):
+        """Two passes over the pool: every shape once (the slow part), then every example."""
+        tally = self.tally()
+        jobs = [(sid, path, self.spec, self.textured) for sid, path, _ in groups]
+        counts = {sid: len(its) for sid, _, its in groups}
         shapes = {}
         for result in self._map(prepare_shape, jobs, f"{split} shapes"):
-            count = len(by_shape[result[1]])
-            if result[0] != "ok":
-                self.skip(*result[2:], count=count)
-            elif self._shape_ok(result[2], count):
-                shapes[result[1]] = result[2]
+            shape = tally.shape(result, counts[result[1]])
+            if shape is not None:
+                shapes[result[1]] = shape
         jobs = [(it, shapes[it["shape_id"]], self.spec) for it in items if it["shape_id"] in shapes]
         for result in self._map(type(self).example_job, jobs, f"{split} examples"):
-            if result[0] == "ok":
-                self.written[split] += 1
-                yield result[1], result[2]
-            else:
-                self.skip(*result[2:])
+            example = tally.example(result, split)
+            if example is not None:
+                yield example
+
+    def _process_pipeline_result(self, pipeline_result) -> None:
+        """Under Beam: the workers' counts (Beam metrics) into this builder's counters."""
+        from data_pipelines.builders.beam import read_counts
+
+        for kind, name, n in read_counts(pipeline_result):
+            self._count(kind, name, n)
+
+
+class Tally:
+    """A worker's bookkeeping: examples skipped by reason (or, `strict`, the first one stops
+    the run), shapes prepared and their warnings (implausible SDF signs skip the shape's
+    examples unless `keep_implausible`), examples written by split; `count(kind, name, n)`
+    stores them, `log` says them."""
+
+    def __init__(self, spec: Spec, strict: bool, keep_implausible: bool,
+                 log: Callable[[str], None], count: Callable[[str, str, int], None]):  # fmt: skip
+        self.spec, self.strict, self.keep_implausible = spec, strict, keep_implausible
+        self.log, self.count = log, count
+
+    def skip(self, reason: str, path: str, detail: str = "", count: int = 1) -> None:
+        message = f"{path}: {reason}" + (f" ({detail})" if detail else "")
+        if self.strict:
+            raise PrepareError(message)
+        self.count("skipped", reason, count)
+        self.log(f"skipped {count} example{'s' * (count != 1)}: {message}")
+
+    def warn(self, path: str, warnings) -> None:
+        for warning in warnings:
+            self.count("shapes", warning, 1)
+        if warnings:
+            self.log(f"warning: {path}: {'; '.join(warnings)}")
+
+    def shape(self, result: tuple, count: int) -> dict | None:
+        """A `prepare_shape` result -> the shape, or None (skipped, its `count` examples too)."""
+        if result[0] != "ok":
+            self.skip(*result[2:], count=count)
+            return None
+        shape = result[2]
+        self.count("shapes", "prepared", 1)
+        self.warn(shape["path"], shape.pop("warnings"))
+        problem = plausible_sign(shape, self.spec)
+        if problem is None:
+            return shape
+        if self.keep_implausible:
+            self.count("shapes", "implausible inside fraction, kept", 1)
+            self.log(f"warning: {shape['path']}: kept with {problem}")
+            return shape
+        self.count("shapes", "implausible inside fraction, skipped", 1)
+        self.skip("implausible inside fraction", shape["path"], problem, count=count)
+        return None
+
+    def example(self, result: tuple, split: str) -> tuple[str, dict] | None:
+        """An example job's result -> (key, example) to write, or None (skipped)."""
+        if result[0] != "ok":
+            self.skip(*result[2:])
+            return None
+        key, example = result[1], result[2]
+        self.warn(key, example.pop("warnings", ()))  # per example = per shape (OmniObject3D)
+        self.count("written", split, 1)
+        return key, example
 
 
 def _one_thread() -> None:

@@ -17,7 +17,7 @@ from data_pipelines.synthetic.pix3d import write_pix3d
 from nd3d_jax.config_cli import ArgumentParser, fail
 
 WRITERS = {"omniobject3d": write_omniobject3d, "pix3d": write_pix3d}
-DEFAULT_VIEWS = {"omniobject3d": 8, "pix3d": 2}  # renders per object / photos per model
+DEFAULT_VIEWS = {"omniobject3d": 24, "pix3d": 2}  # renders per object / photos per model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         "--num_views",
         type=int,
         default=None,
-        help="renders per object (omniobject3d, 8) or photos per model (pix3d, 2)",
+        help="renders per object (omniobject3d, 24) or photos per model (pix3d, 2)",
     )
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument(

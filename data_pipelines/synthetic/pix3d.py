@@ -22,6 +22,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import scipy.io
+import scipy.ndimage
 import trimesh
 from PIL import Image
 
@@ -50,6 +51,18 @@ def model_frame(mesh: trimesh.Trimesh, rng: np.random.Generator) -> trimesh.Trim
     return out
 
 
+def filled_voxels(mesh: trimesh.Trimesh, pitch: float, seed: int = 0) -> np.ndarray:
+    """Solid occupancy (bool, voxel centres at bounds[0] + i pitch): the voxels that dense
+    surface samples (8 per voxel face area) fall in, with their enclosed holes filled (what
+    trimesh's `voxelized(pitch).fill()` gives, without subdividing the mesh to the pitch)."""
+    count = int(8 * mesh.area / pitch**2) + 1
+    points = trimesh.sample.sample_surface(mesh, count, seed=seed)[0]
+    index = np.floor((points - mesh.bounds[0]) / pitch + 0.5).astype(np.int64)
+    shell = np.zeros(tuple(index.max(0) + 1), bool)
+    shell[tuple(index.T)] = True
+    return scipy.ndimage.binary_fill_holes(shell)
+
+
 def write_model(mesh: trimesh.Trimesh, model_dir: str, faults=(), seed: int = 0) -> np.ndarray:
     """model.obj (vertex colours, with `faults` of `shapes.FAULTS`), 3d_keypoints.txt (box
     corners) and voxel.mat (of the intact mesh); returns the 3D key points."""
@@ -67,7 +80,7 @@ def write_model(mesh: trimesh.Trimesh, model_dir: str, faults=(), seed: int = 0)
                         for i in (0, 1) for j in (0, 1) for k in (0, 1)])  # fmt: skip
     np.savetxt(os.path.join(model_dir, "3d_keypoints.txt"), corners, fmt="%.6f")
     grid = np.zeros((VOXEL_RESOLUTION,) * 3, np.uint8)
-    filled = mesh.voxelized(pitch=float((hi - lo).max()) / (VOXEL_RESOLUTION - 1)).fill().matrix
+    filled = filled_voxels(mesh, float((hi - lo).max()) / (VOXEL_RESOLUTION - 1), seed)
     filled = filled[:VOXEL_RESOLUTION, :VOXEL_RESOLUTION, :VOXEL_RESOLUTION]
     off = [(VOXEL_RESOLUTION - s) // 2 for s in filled.shape]
     grid[tuple(slice(o, o + s) for o, s in zip(off, filled.shape, strict=True))] = filled
@@ -98,14 +111,18 @@ def sample_pose(mesh: trimesh.Trimesh, width: int, height: int, rng: np.random.G
 def render_photo(mesh, rot, trans, focal_mm, width, height, rng):
     """(RGB uint8 photo over a random gradient background, 0/255 mask) for one annotation."""
     c2w = pix3d_c2w(rot, trans)
+    # drawn on a square power-of-two canvas and cropped (pixel (i, j) is the same either way),
+    # so photos of every size share a few compiled programs
+    canvas = 1 << (max(width, height) - 1).bit_length()
     cam = Camera(
         c2w=jnp.asarray(c2w[None], jnp.float32),
         focal=jnp.full((1,), pix3d_focal_pixels(focal_mm, width), jnp.float32),
         principal=jnp.array([[width / 2, height / 2]], jnp.float32),
-        width=width,
-        height=height,
+        width=canvas,
+        height=canvas,
     )
-    rgba = render_rgba(cam, mesh.vertices, mesh.faces, mesh.visual.vertex_colors[:, :3] / 255.0)[0]
+    colors = mesh.visual.vertex_colors[:, :3] / 255.0
+    rgba = render_rgba(cam, mesh.vertices, mesh.faces, colors)[0, :height, :width]
     top, bottom = rng.uniform(0.3, 1.0, 3), rng.uniform(0.2, 0.9, 3)
     ramp = np.linspace(0.0, 1.0, height)[:, None, None]
     background = (top * (1 - ramp) + bottom * ramp) * 255.0
