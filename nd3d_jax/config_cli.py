@@ -218,7 +218,8 @@ def check_command(config: ml_collections.ConfigDict, command: str | None) -> Non
 # ------------------------------------------------------------------------ workdir
 # Keys that change the model or its parameter shapes: a workdir's checkpoints only fit these.
 MODEL_KEYS = ("stage", "model", "schedule", "data.dataset")
-# keys under MODEL_KEYS that change neither parameters nor the checkpointed state
+# keys under MODEL_KEYS that change neither parameters nor the checkpointed state (and every
+# `model.<sub-model>.variant`: the dtype a folder's weights are stored in)
 STATE_NEUTRAL = ("model.remat", "model.dtype")
 # optimizer settings that change the state's structure, compared as these predicates
 STATE_SHAPING = {
@@ -267,7 +268,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         old_v, new_v = (_flat(_get_dict(d, key), key + ".") for d in (saved, new))
         for k in sorted(set(old_v) | set(new_v)):
             a, b = old_v.get(k, "<absent>"), new_v.get(k, "<absent>")
-            if a != b and k not in STATE_NEUTRAL:
+            if a != b and k not in STATE_NEUTRAL and not k.endswith(".variant"):
                 diffs.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
     for key, (what, shapes_state) in STATE_SHAPING.items():
         a, b = _get_dict(saved, key), _get_dict(new, key)

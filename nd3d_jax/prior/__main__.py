@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--batch", type=int, default=1, help="objects from the same input")
     parser.add_argument("--grid", choices=GRIDS, default="exact", help="see nd3d_jax.prior.mesh")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--variant", default=None, help="weight variant, e.g. fp16 (default: plain, else the only)"
+    )
     parser.add_argument("--preview_size", type=int, default=256, help="pixels per preview view")
     return parser.parse_args(argv)
 
@@ -136,7 +139,7 @@ def run(args) -> dict:
     guidance = DEFAULT_GUIDANCE[kind] if args.guidance is None else args.guidance
     stages = Stages()
 
-    shap_e = load_shap_e(args.weights, jnp.dtype(args.dtype))
+    shap_e = load_shap_e(args.weights, jnp.dtype(args.dtype), variant=args.variant)
     stages.done("load", f"{args.weights} ({kind}-to-3D, {args.dtype})")
 
     # the condition repeated N times: one key, N noises in one sampling call

@@ -75,7 +75,8 @@ def model_config(config: ml_collections.ConfigDict) -> NeuroDiff3DConfig:
 def _hf_config(config: ml_collections.ConfigDict, name: str) -> dict:
     node = config.model[name]
     if node.path:
-        folder = require_folder(config.get("weights_dir", ""), node.path, f"model.{name}.path")
+        w = config.get("weights_dir", "")
+        folder = require_folder(w, node.path, f"model.{name}.path", kind=name)
         with open(os.path.join(folder, "config.json")) as f:
             return json.load(f)
     return node.config.to_dict()
@@ -152,8 +153,9 @@ class NeuroDiff3DStage:
         out = {}
         for path, (name, loader) in loaders.items():
             if m[name].path:
-                folder = require_folder(w, m[name].path, f"model.{name}.path")
-                out[path] = loader(folder, host=True)[1]
+                folder = require_folder(w, m[name].path, f"model.{name}.path", kind=name)
+                variant = m[name].get("variant") or None  # configs from before the key: None
+                out[path] = loader(folder, host=True, variant=variant)[1]
         return out
 
     def semantic_from_clip(self, semantic_params, clip_params):
