@@ -35,6 +35,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from nd3d_jax import config_check
 from nd3d_jax.errors import UserError
 
 
@@ -208,7 +209,7 @@ def validate_choices(config: ml_collections.ConfigDict, choices: dict) -> None:
 def check_command(config: ml_collections.ConfigDict, command: str | None) -> None:
     """A config that names its command (`config.command`) runs only with that command."""
     wanted = config.get("command")
-    if command and wanted and wanted != command:
+    if command and wanted and isinstance(wanted, str) and wanted != command:
         raise ConfigError(
             f"this config is for `python -m nd3d_jax.{wanted}`, not for this command "
             f"(it takes {command} configs)"
@@ -462,9 +463,15 @@ def usage(doc: str | None, prog: str, needs_workdir: bool) -> str:
     )
 
 
-def parse(argv: Sequence[str], needs_workdir: bool = True, extra_flags: dict | None = None):
+def parse(
+    argv: Sequence[str],
+    needs_workdir: bool = True,
+    extra_flags: dict | None = None,
+    schema: dict | None = None,
+):
     """(config with overrides applied, parsed flag values) from `argv`; raises ConfigError.
-    `extra_flags`: the command's own string flags, {name: help}."""
+    `extra_flags`: the command's own string flags, {name: help}; `schema` words the error of
+    an override that does not parse (what the key allows)."""
     argv = _expand(argv)
     spec, rest = split_argv(argv)
     if spec is None:
@@ -484,6 +491,13 @@ def parse(argv: Sequence[str], needs_workdir: bool = True, extra_flags: dict | N
     try:
         extra = fv(rest)
     except flags.Error as e:
+        m = re.search(r"--config\.([\w.]+)=(\S*)", str(e))
+        spec = config_check.spec_at(schema, m.group(1)) if m else None
+        if spec is not None:
+            raise ConfigError(
+                f"--config.{m.group(1)}={m.group(2).rstrip(':')!r}: does not parse; use "
+                f"{spec.allowed()}"
+            ) from e
         raise ConfigError(str(e).replace("\n", " ")) from e
     verbosity_levels(fv.verbosity)  # a bad value fails here, before anything runs
     if len(extra) > 1:
@@ -507,17 +521,24 @@ def run(
     choices: Callable[[], dict[str, Sequence[str]]] | None = None,
     argv: Sequence[str] | None = None,
     extra_flags: dict[str, str] | None = None,
+    flag_keys: dict[str, str] | None = None,
+    flag_specs: dict[str, config_check.Spec] | None = None,
 ) -> None:
     """Parses the command line and calls `main(config, workdir)` with the config locked.
 
     `command` (default: the module run with `python -m`, e.g. `train`) must match the config's
-    `command` key when it has one. Before `main`: the config's enumerated values are checked
-    (`choices()`: the command's own {dotted key: allowed values}),
-    logging is set up, and with a workdir `check_workdir` runs and `save_run_files` writes
-    config.json and run.json (in a multi-process run, after `main`, once JAX is initialised).
-    A `UserError` anywhere is one line on stderr and exit code 2 (`--debug`: the traceback).
-    `extra_flags` ({name: help}) are the command's own string flags: `main` then gets a third
-    argument, {name: value or None}.
+    `command` key when it has one, and names its schema (`nd3d_jax.config_schema`). Before
+    `main`, in this order: `flag_keys` ({flag: dotted config key}) copy the command's flags
+    into the config; every value is checked against the schema (types, ranges, choices; and
+    `choices()`, the command's own {dotted key: allowed values}); `--print_config` prints and
+    returns; the workdir must be a writable folder (or creatable) whose checkpoints, if any,
+    fit the config (`check_workdir`); the schema's paths and the command's `flag_specs`
+    ({flag: Spec}) are checked; logging is set up; with a workdir `save_run_files` writes
+    config.json and run.json (in a
+    multi-process run, after `main`, once JAX is initialised). So no data, weight or compile
+    step starts on a bad value. A `UserError` anywhere is one line on stderr and exit code 2
+    (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's own string
+    flags: `main` then gets a third argument, {name: value or None}.
     """
     argv = list(sys.argv if argv is None else argv)
     module = _command_module()
@@ -530,18 +551,31 @@ def run(
         sys.exit(0)
     debug = "--debug" in argv[1:]
     try:
-        config, fv = parse(argv, needs_workdir, extra_flags)
+        from nd3d_jax.config_schema import schema_for
+
+        schema = schema_for(command)
+        config, fv = parse(argv, needs_workdir, extra_flags, schema)
+        sources = apply_flag_keys(config, fv, flag_keys or {})
         check_command(config, command)
+        if schema is not None:
+            config_check.check(config, schema, paths=False, sources=sources)
         if choices is not None:
             validate_choices(config, choices())
         if fv.print_config:
             print(config_to_json(config))
             return
-        setup_logging(fv.verbosity)
         workdir = fv.workdir
+        if workdir and needs_workdir:
+            if (why := config_check.PATHS["out"](workdir, {})) is not None:
+                raise UserError(f"--workdir={workdir}: {why}; give a folder (created if missing)")
+            check_workdir(config, workdir)
+        if schema is not None:
+            config_check.check(config, schema, sources=sources)
+        if flag_specs:
+            config_check.check_flags(flag_specs, {n: fv[n].value for n in extra_flags or {}})
+        setup_logging(fv.verbosity)
         deferred = False
         if workdir and needs_workdir:
-            check_workdir(config, workdir)
             deferred = _distributed(config)
             if not deferred:
                 save_run_files(config, workdir, argv)
@@ -556,3 +590,20 @@ def run(
         if debug:
             raise
         fail(str(e))
+
+
+def apply_flag_keys(config: ml_collections.ConfigDict, fv, flag_keys: dict[str, str]) -> dict:
+    """Copies each given `--flag` into its config key ({flag: dotted key}); returns {dotted
+    key: "--flag"} for the messages."""
+    sources = {}
+    for name, dotted in flag_keys.items():
+        value = fv[name].value
+        if value is None or value == "":
+            continue
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+        sources[dotted] = f"--{name}"
+    return sources

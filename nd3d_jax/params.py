@@ -37,5 +37,7 @@ def main(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     print(table(breakdown(config)))
 
 
+CLI = dict(command="train", needs_workdir=False)  # config_cli.run options
+
 if __name__ == "__main__":
-    config_cli.run(main, command="train", needs_workdir=False)
+    config_cli.run(main, **CLI)

@@ -141,8 +141,6 @@ def load_unet(path: str, dtype=jnp.float32, host: bool = False, variant: str | N
     return _load(path, "UNet2DConditionModel", build_unet, dtype=dtype, host=host, variant=variant)
 
 
-def load_t2i_adapter(
-    path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None
-):
+def load_t2i_adapter(path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None):
     """`(T2IAdapter module, params)` from a diffusers `T2IAdapter` folder (full adapter)."""
     return _load(path, "T2IAdapter", build_t2i_adapter, "adapter.", dtype, host, variant)
