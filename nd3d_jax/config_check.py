@@ -99,7 +99,8 @@ class Spec:
             return None if "none" in self.kinds else "not set"
         kind = _kind_of(value)
         if kind not in self.kinds and not (kind == "int" and "float" in self.kinds):
-            return f"a {type(value).__name__}, not {_KIND_NAMES.get(self.kinds[0], '?')}"
+            got = _KIND_NAMES.get(kind, f"a {kind}")
+            return f"{got}, not {_KIND_NAMES.get(self.kinds[0], '?')}"
         if kind in ("int", "float"):
             if value in self.also and not isinstance(value, bool):
                 return None
@@ -323,42 +324,47 @@ def _walk(node: Mapping, schema: dict, prefix: str = ""):
         yield dotted, value, spec
 
 
-def problems(config, schema: dict, sources: Mapping[str, str] | None = None) -> list[str]:
-    """Every value problem of `config` (a ConfigDict or dict), one line each."""
+def leaves(config, schema: dict) -> list:
+    """(dotted key, value, Spec | None | "unknown") of every leaf of `config` (see `_walk`)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    return list(_walk(d, schema))
+
+
+def problems(config, schema: dict, sources: Mapping[str, str] | None = None):
+    """Every value problem of `config` (a ConfigDict or dict), one line each (lazily)."""
     sources = sources or {}
     d = config.to_dict() if hasattr(config, "to_dict") else config
-    out = []
     for key, value, spec in _walk(d, schema):
         if spec is None:
             continue  # a key no schema knows (checked by the schema coverage test)
         if spec == "unknown":
             section = key.rpartition(".")[0]
-            out.append(f"{_flag(key, sources)}: unknown key in section {section!r}")
+            yield f"{_flag(key, sources)}: unknown key in section {section!r}"
             continue
         why = spec.problem(value)
         if why is None:
             continue
         if why == "not one of the choices":
             leaf = key.rpartition(".")[2]
-            out.append(f"unknown {leaf} {_show_value(value)} ({_flag(key, sources)}); use "
-                       f"{spec.allowed()}")  # fmt: skip
+            yield (f"unknown {leaf} {_show_value(value)} ({_flag(key, sources)}); use "
+                   f"{spec.allowed()}")  # fmt: skip
         else:
-            out.append(f"{_flag(key, sources)}={_show_value(value)}: {why}; use {spec.allowed()}")
-    return out
+            yield f"{_flag(key, sources)}={_show_value(value)}: {why}; use {spec.allowed()}"
 
 
-def path_problems(config, schema: dict, sources: Mapping[str, str] | None = None) -> list[str]:
-    """Every path problem (folders, files, writable outputs, weights, prepared data)."""
+def path_problems(config, schema: dict, sources: Mapping[str, str] | None = None, kinds=None):
+    """Every path problem (folders, files, writable outputs, weights, prepared data), lazily;
+    `kinds`: only paths of these `PATHS` kinds (None: all)."""
     sources = sources or {}
     d = config.to_dict() if hasattr(config, "to_dict") else config
-    out = []
     for key, value, spec in _walk(d, schema):
         if not isinstance(spec, Spec) or not spec.path or not isinstance(value, str):
             continue
+        if kinds is not None and spec.path.partition(":")[0] not in kinds:
+            continue
         why = path_problem(spec.path, value, d)
         if why is not None:
-            out.append(f"{_flag(key, sources)}={value!r}: {why}; use {spec.allowed()}")
-    return out
+            yield f"{_flag(key, sources)}={value!r}: {why}; use {spec.allowed()}"
 
 
 def path_problem(kind: str, value: str, config: Mapping) -> str | None:
@@ -377,13 +383,16 @@ PATH_WORDS = {
 }  # kind -> what is allowed, in words
 
 
-def check(config, schema: dict, *, paths: bool = True, sources=None) -> None:
-    """Raises one `UserError` line for the first bad value (then, with `paths`, the first bad
-    path) of `config`. `sources`: {dotted key: the flag that set it} for the message."""
-    for find in (problems, path_problems) if paths else (problems,):
-        found = find(config, schema, sources)
-        if found:
-            raise UserError(found[0])
+def check(config, schema: dict, *, values=True, paths=True, sources=None) -> None:
+    """Raises one `UserError` line for the first bad value (`values`), then the first bad
+    path (`paths`: True, False or the `PATHS` kinds to check: a command that reads no data
+    checks no data folder) of `config`. `sources`: {dotted key: the flag that set it}."""
+    first = next(iter(problems(config, schema, sources)), None) if values else None
+    if first is None and paths:
+        kinds = None if paths is True else set(paths)
+        first = next(iter(path_problems(config, schema, sources, kinds)), None)
+    if first is not None:
+        raise UserError(first)
 
 
 def spec_at(schema: dict | None, dotted: str) -> Spec | None:

@@ -211,8 +211,8 @@ def check_command(config: ml_collections.ConfigDict, command: str | None) -> Non
     wanted = config.get("command")
     if command and wanted and isinstance(wanted, str) and wanted != command:
         raise ConfigError(
-            f"this config is for `python -m nd3d_jax.{wanted}`, not for this command "
-            f"(it takes {command} configs)"
+            f"this config is for `python -m nd3d_jax.{wanted}` (--config.command={wanted!r}), "
+            f"not for this command (it takes {command} configs)"
         )
 
 
@@ -481,7 +481,10 @@ def parse(
     for key in keys:
         check_override_key(config, key)
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_dict("config", config, "the config", flag_values=fv, sys_argv=rest)
+    if keys:  # the override flags (defining them serialises the config: ~0.1 s, so only then)
+        config_flags.DEFINE_config_dict(
+            "config", config, "the config", flag_values=fv, sys_argv=rest
+        )
     flags.DEFINE_string("workdir", None, "output folder", flag_values=fv)
     flags.DEFINE_boolean("print_config", False, "print the config", flag_values=fv)
     flags.DEFINE_string("verbosity", "quiet", "logging", flag_values=fv)
@@ -504,7 +507,7 @@ def parse(
         raise ConfigError(f"unexpected arguments: {' '.join(extra[1:])} (see --help)")
     if needs_workdir and not fv.workdir and not fv.print_config:
         raise ConfigError("--workdir=DIR is required (the run's output folder)")
-    return fv.config, fv
+    return (fv.config if keys else config), fv
 
 
 def _distributed(config) -> bool:
@@ -523,6 +526,7 @@ def run(
     extra_flags: dict[str, str] | None = None,
     flag_keys: dict[str, str] | None = None,
     flag_specs: dict[str, config_check.Spec] | None = None,
+    path_kinds: Sequence[str] | None = None,
 ) -> None:
     """Parses the command line and calls `main(config, workdir)` with the config locked.
 
@@ -538,7 +542,8 @@ def run(
     multi-process run, after `main`, once JAX is initialised). So no data, weight or compile
     step starts on a bad value. A `UserError` anywhere is one line on stderr and exit code 2
     (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's own string
-    flags: `main` then gets a third argument, {name: value or None}.
+    flags: `main` then gets a third argument, {name: value or None}. `path_kinds`: only the
+    schema's paths of these kinds are checked (a command that reads no data; default all).
     """
     argv = list(sys.argv if argv is None else argv)
     module = _command_module()
@@ -570,7 +575,8 @@ def run(
                 raise UserError(f"--workdir={workdir}: {why}; give a folder (created if missing)")
             check_workdir(config, workdir)
         if schema is not None:
-            config_check.check(config, schema, sources=sources)
+            paths = True if path_kinds is None else path_kinds
+            config_check.check(config, schema, values=False, paths=paths, sources=sources)
         if flag_specs:
             config_check.check_flags(flag_specs, {n: fv[n].value for n in extra_flags or {}})
         setup_logging(fv.verbosity)

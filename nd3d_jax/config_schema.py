@@ -149,27 +149,54 @@ def sub_model(name: str, hf: dict) -> dict:
     return dict(path=Path(f"weights:{name}"), variant=VARIANT, config=hf)
 
 
+def _sizes(section: dict) -> dict:
+    """An inline Hugging Face config's unbounded numbers as sizes: ints >= 1 (token ids and
+    shifts >= 0), floats > 0 (epsilons, scales), sequences of ints >= 1."""
+    out = dict(section)
+    for key, spec in section.items():
+        if not isinstance(spec, Spec) or spec.low is not None or spec.high is not None:
+            continue
+        if spec.kinds == ("int",):
+            out[key] = Int(0 if key.endswith(("_id", "shift")) else 1)
+        elif spec.kinds == ("float",):
+            out[key] = Float(0, low_open=True)
+        elif spec.kinds == ("seq",) and spec.item is not None and spec.item.kinds == ("int",):
+            out[key] = Seq(Int(1))
+    return out
+
+
 def hf_configs() -> dict:
-    """The inline Hugging Face configs, typed by our config classes (keys they ignore pass)."""
+    """The inline Hugging Face configs, typed by our config classes (keys they ignore pass)
+    and bounded as sizes (`_sizes`)."""
     from nd3d_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
     from nd3d_jax.models.resnet import ResNetConfig
     from nd3d_jax.models.t2i_adapter import T2IAdapterConfig
     from nd3d_jax.models.unet import UNetConfig
     from nd3d_jax.models.vae import VAEConfig
 
+    text = cc.from_dataclass(CLIPTextConfig, open_=True)
+    text.update(bos_token_id=Int(), pad_token_id=Int())  # the tokenizer's, read by transformers
     clip = {
-        "text_config": cc.from_dataclass(CLIPTextConfig, open_=True),
+        "text_config": text,
         "vision_config": cc.from_dataclass(CLIPVisionConfig, open_=True),
         "projection_dim": Int(1),
         OPEN: True,
     }
-    return {
-        "clip": clip,
-        "resnet": cc.from_dataclass(ResNetConfig, open_=True),
-        "unet": cc.from_dataclass(UNetConfig, open_=True),
-        "adapter": cc.from_dataclass(T2IAdapterConfig, open_=True),
-        "vae": cc.from_dataclass(VAEConfig, open_=True),
-    }
+    classes = dict(resnet=ResNetConfig, unet=UNetConfig, adapter=T2IAdapterConfig, vae=VAEConfig)
+    out = {name: _sizes(cc.from_dataclass(cls, open_=True)) for name, cls in classes.items()}
+    # the block kinds and layouts our modules implement (their from_hf refuses the others)
+    out["resnet"]["layer_type"] = Choice("basic", "bottleneck")
+    out["unet"].update(
+        down_block_types=Seq(Choice("CrossAttnDownBlock2D", "DownBlock2D"), min_length=1),
+        up_block_types=Seq(Choice("CrossAttnUpBlock2D", "UpBlock2D"), min_length=1),
+        attention_head_dim=Spec(("int", "seq"), low=1, item=Int(1)),
+    )
+    out["vae"].update(
+        down_block_types=Seq(Choice("DownEncoderBlock2D"), min_length=1),
+        up_block_types=Seq(Choice("UpDecoderBlock2D"), min_length=1),
+    )
+    clip["text_config"], clip["vision_config"] = map(_sizes, (text, clip["vision_config"]))
+    return {"clip": clip, **out}
 
 
 # ------------------------------------------------------------------------ per config kind

@@ -46,15 +46,23 @@ def model_config(config: ml_collections.ConfigDict) -> NeuroDiff3DConfig:
     config.json (resolved under `weights_dir` now, so overrides apply) or the inline dict."""
     m = config.model
     hf = {name: _hf_config(config, name) for name in SUB_MODELS}
-    clip = CLIPConfig.from_hf(hf["clip"])
-    unet = dataclasses.replace(UNetConfig.from_hf(hf["unet"]), remat=m.remat)
+
+    def parse(name: str, cls):  # a config the class refuses: one line naming its key
+        try:
+            return cls.from_hf(hf[name])
+        except (TypeError, ValueError) as e:
+            key = f"model.{name}.{'path' if m[name].path else 'config'}"
+            raise UserError(f"{key}: {e}") from e
+
+    clip = parse("clip", CLIPConfig)
+    unet = dataclasses.replace(parse("unet", UNetConfig), remat=m.remat)
     c = NeuroDiff3DConfig(
         conditioning=cond.ConditioningConfig.from_pretrained(
-            clip, ResNetConfig.from_hf(hf["resnet"]), fusion_weights=tuple(m.fusion_weights)
+            clip, parse("resnet", ResNetConfig), fusion_weights=tuple(m.fusion_weights)
         ),
         unet=unet,
-        adapter=T2IAdapterConfig.from_hf(hf["adapter"]),
-        vae=VAEConfig.from_hf(hf["vae"]) if m.vae.use else None,
+        adapter=parse("adapter", T2IAdapterConfig),
+        vae=parse("vae", VAEConfig) if m.vae.use else None,
         pixel_factor=m.pixel_factor,
         grid_rows=m.grid_rows,
         grid_cols=m.grid_cols,
