@@ -88,7 +88,7 @@ def _training_data(value: str, config) -> str | None:
 def _trained(value: str, config) -> str | None:
     """A trainer WORKDIR: config.json with params_final/ or a checkpoint."""
     if (why := cc.PATHS["folder"](value, config)) is not None:
-        return why
+        return f"{why} (train one with `python -m nd3d_jax.train`; `make demo` writes out/demo)"
     if not os.path.isfile(os.path.join(value, "config.json")):
         return "not a trainer workdir (no config.json): give a `python -m nd3d_jax.train` WORKDIR"
     ckpt = os.path.join(value, "checkpoints")
@@ -222,7 +222,7 @@ def train() -> dict:
         weights_dir=Path("folder"),
         distributed=dict(
             enabled=Bool(),
-            coordinator_address=Str(pattern=r"[^\s:]+:\d+", note="HOST:PORT"),
+            coordinator_address=Str(pattern=r"\S+:\d+", note="HOST:PORT"),
             num_processes=Int(0, note="0: auto-detected"),
             process_id=Int(0, also=(-1,), note="-1: auto-detected"),
             cpu_collectives=Choice("", "gloo", "mpi", "none"),

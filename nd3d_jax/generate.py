@@ -134,19 +134,14 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
     run(config, args)
 
 
-# config_cli.run options: --params sets config.params; the flags' values checked up front
+# config_cli.run options: --params sets config.params; --out and --seed checked up front
 CLI = dict(
     command="generate",
     needs_workdir=False,
     extra_flags=FLAGS,
     flag_keys={"params": "params"},
-    flag_specs={
-        "image": Path("file"),
-        "coarse_mesh": Path("file"),
-        "inputs": Path("file"),
-        "out": Path("out"),
-        "seed": Int(0),
-    },  # fmt: skip
+    # (--image, --coarse_mesh and --inputs are checked per object, naming it, before any model)
+    flag_specs={"out": Path("out"), "seed": Int(0)},
 )
 
 if __name__ == "__main__":
