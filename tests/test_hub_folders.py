@@ -92,8 +92,10 @@ def runs(hub):
         want = {"unet": _nhwc(unet(*args).sample), "unet_fp16": _nhwc(fp16["unet"](*args).sample),
                 "vae": _nhwc(vae.decode(_nchw(z)).sample),
                 "vae_fp16": _nhwc(fp16["vae"].decode(_nchw(z)).sample)}  # fmt: skip
-    u = load_unet(str(root / "unet_fp16"))[0]
-    v = load_vae(str(root / "vae_fp16"))[0]
+    # the fp16 variants, loaded once here: the only weights in their folders (UNet), and named
+    # explicitly (VAE)
+    u, want["unet_fp16_params"] = load_unet(str(root / "unet_fp16"))
+    v, want["vae_fp16_params"] = load_vae(str(root / "vae_fp16"), variant="fp16")
     x, t, ctx, z = map(jnp.asarray, (x, t, ctx, z))
     return {
         "unet": jax.jit(lambda p: u.apply({"params": p}, x, t, ctx)),
@@ -109,12 +111,11 @@ def test_fp16_variants_load_and_match_diffusers(hub, runs):
     assert "diffusion_pytorch_model.fp16.safetensors" in os.listdir(root / "unet_fp16")
     stored = read_weights(str(root / "unet_fp16"))  # the only weights there: taken as they are
     assert {a.dtype for a in stored.values()} == {np.dtype(np.float16)}
-    _, params = load_unet(str(root / "unet_fp16"))
+    params = want["unet_fp16_params"]
     assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
     np.testing.assert_allclose(run["unet"](params), want["unet_fp16"], atol=TOL)
     assert np.abs(want["unet_fp16"] - want["unet"]).max() > 1e-5  # the variant's rounding is real
-    _, params = load_vae(str(root / "vae_fp16"), variant="fp16")  # named explicitly
-    np.testing.assert_allclose(run["vae"](params), want["vae_fp16"], atol=TOL)
+    np.testing.assert_allclose(run["vae"](want["vae_fp16_params"]), want["vae_fp16"], atol=TOL)
 
     # the sharded variant: adapter.safetensors.index.fp16.json and its fp16 shards
     files = os.listdir(root / "adapter_fp16")
@@ -174,11 +175,19 @@ def test_pipeline_folder_stands_for_its_models(hub, runs, tmp_path):
     assert require_folder("", str(sd), "model.unet.path", kind="unet") == str(sd / "unet")
     with pytest.raises(UserError, match=r"model.adapter.path=.*without a T2IAdapter .*unet/ "):
         require_folder("", str(sd), "model.adapter.path", kind="adapter")
-    # converted once (no torch needed afterwards): the networks we load, the tokenizer copied
+    # converted once (no torch needed afterwards): the networks we load, the tokenizer copied;
+    # here the pipeline without its UNet (the conversion is the same for each network)
+    small = tmp_path / "sd_small"
+    small.mkdir()
+    for name in ("model_index.json", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (shutil.copy if name.endswith(".json") else shutil.copytree)(sd / name, small / name)
     out = tmp_path / "sd_converted"
-    assert convert(str(sd), str(out)).startswith("pipeline (unet, vae; not converted: text")
-    assert model_folder(str(out), "unet") == str(out / "unet")
-    np.testing.assert_allclose(run["unet"](load_unet(str(out))[1]), want["unet"], atol=TOL)
+    assert convert(str(small), str(out)) == "pipeline (vae; not converted: text_encoder " + (
+        "(clip_text_model))"
+    )
+    assert model_folder(str(out), "vae") == str(out / "vae")
+    assert sorted(os.listdir(out)) == ["model_index.json", "scheduler", "tokenizer", "vae"]
+    np.testing.assert_allclose(run["vae"](load_vae(str(out))[1]), want["vae"], atol=TOL)
     assert CLIPTokenizer(str(out), max_length=8)(["a chair"])["input_ids"].tolist() == ids.tolist()
 
 
