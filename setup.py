@@ -17,9 +17,10 @@ setup(
         ]
     ),
     python_requires=">=3.10",
-    # Ranges tested on CPU with Python 3.11 (see README).
+    # Ranges tested on CPU with Python 3.11 (see README); jax 0.11.x (Python >= 3.12) on the
+    # GPU host. Accelerators: the extras below (README "Install on a GPU or TPU host").
     install_requires=[
-        "jax>=0.10.2,<0.11",
+        "jax>=0.10.2,<0.12",
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
@@ -75,6 +76,11 @@ setup(
             "playwright>=1.65,<2",
         ],
         "app": ["gradio>=6.31,<7"],
+        # jax's own accelerator extras (the CUDA plugin with its pip CUDA libraries, libtpu),
+        # bounded like `jax` above
+        "cuda12": ["jax[cuda12]>=0.10.2,<0.12"],
+        "cuda13": ["jax[cuda13]>=0.10.2,<0.12"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.12"],
         "bench": ["scikit-image>=0.26,<0.27", "embreex>=4.4,<5", "torch==2.13.0"],
     },
 )

@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             grid="exact",
             dtype="float32",
             f_tex="hidden",
+            variant="",  # the folders' weight variant, e.g. "fp16" (empty: plain, else the only)
         )
     )
 

@@ -26,8 +26,10 @@ from nd3d_jax.config_cli import parse_arg
 
 def sub_model(path: str = "", **config) -> ml_collections.ConfigDict:
     """A sub-model: a Hugging Face / diffusers folder (relative to `weights_dir`, or absolute;
-    resolved when used) or an inline config (random init)."""
-    return ml_collections.ConfigDict({"path": path, "config": config})
+    resolved when used; a pipeline folder stands for its sub-folder of this model) or an inline
+    config (random init). `variant`: the folder's weight variant, e.g. "fp16" (empty: the plain
+    weights, else the only variant there is)."""
+    return ml_collections.ConfigDict({"path": path, "variant": "", "config": config})
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -95,6 +95,19 @@ def prepared_variants(data_dir: str) -> list[tuple[str, str]]:
 def open_source(data_dir: str, dataset: str, split: str, config_name: str):
     """The prepared split's random-access source; a `UserError` naming the override when the
     folder holds another data set or config, the split is unknown or empty."""
+    check_prepared(data_dir, dataset, config_name)
+    source = loader.data_source(data_dir, dataset, split, config_name)
+    if len(source) == 0:
+        raise UserError(
+            f"split {split!r} of {dataset}/{config_name} in {data_dir} is empty: set "
+            f"--config.data.split to a split with examples"
+        )
+    return source
+
+
+def check_prepared(data_dir: str, dataset: str, config_name: str) -> None:
+    """A `UserError` naming the override to set unless `data_dir` holds `dataset` prepared with
+    `config_name` (a listing: no data is read; the config checks run it before anything)."""
     variants = prepared_variants(data_dir)
     if (dataset, config_name) not in variants:
         datasets = sorted({name for name, _ in variants})
@@ -115,13 +128,6 @@ def open_source(data_dir: str, dataset: str, split: str, config_name: str):
             f"--config={config_name} --manual_dir=RAW --data_dir={data_dir}` or set "
             f"--config.data.data_dir"
         )
-    source = loader.data_source(data_dir, dataset, split, config_name)
-    if len(source) == 0:
-        raise UserError(
-            f"split {split!r} of {dataset}/{config_name} in {data_dir} is empty: set "
-            f"--config.data.split to a split with examples"
-        )
-    return source
 
 
 def tokenizer(config, data_dir: str):

@@ -19,6 +19,7 @@ import sys
 from nd3d_jax.errors import UserError
 
 BUILDERS = ("pix3d", "omniobject3d")
+CONFIG_NAMES = ("default", "tiny")  # the builders' configs (builders/base.py CONFIGS)
 
 
 def builder_class(dataset: str):
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the manual download as it comes (OmniObject3D: the root holding raw/)",
     )
     parser.add_argument("--data_dir", required=True, help="where the tfds data set is written")
-    parser.add_argument("--config", default="default", choices=("default", "tiny"))
+    parser.add_argument("--config", default="default", choices=CONFIG_NAMES)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad example")
     parser.add_argument("--num_workers", type=int, default=None, help="default: all cores")
     parser.add_argument(

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nd3d_jax import config_cli, sharding
+from nd3d_jax.config_check import Bool, Int, Path
 from nd3d_jax.errors import UserError
 
 LOG = logging.getLogger("nd3d_jax.app")
@@ -518,5 +519,10 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
         server.close()
 
 
+# config_cli.run options: --params sets config.params; the flags' values checked up front
+CLI = dict(command="generate", needs_workdir=False, extra_flags=FLAGS,
+           flag_keys={"params": "params"},
+           flag_specs={"port": Int(1, 65535), "warmup": Bool(), "out": Path("out")})  # fmt: skip
+
 if __name__ == "__main__":
-    config_cli.run(main, command="generate", needs_workdir=False, extra_flags=FLAGS)
+    config_cli.run(main, **CLI)

@@ -35,6 +35,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from nd3d_jax import config_check
 from nd3d_jax.errors import UserError
 
 
@@ -208,17 +209,18 @@ def validate_choices(config: ml_collections.ConfigDict, choices: dict) -> None:
 def check_command(config: ml_collections.ConfigDict, command: str | None) -> None:
     """A config that names its command (`config.command`) runs only with that command."""
     wanted = config.get("command")
-    if command and wanted and wanted != command:
+    if command and wanted and isinstance(wanted, str) and wanted != command:
         raise ConfigError(
-            f"this config is for `python -m nd3d_jax.{wanted}`, not for this command "
-            f"(it takes {command} configs)"
+            f"this config is for `python -m nd3d_jax.{wanted}` (--config.command={wanted!r}), "
+            f"not for this command (it takes {command} configs)"
         )
 
 
 # ------------------------------------------------------------------------ workdir
 # Keys that change the model or its parameter shapes: a workdir's checkpoints only fit these.
 MODEL_KEYS = ("stage", "model", "schedule", "data.dataset")
-# keys under MODEL_KEYS that change neither parameters nor the checkpointed state
+# keys under MODEL_KEYS that change neither parameters nor the checkpointed state (and every
+# `model.<sub-model>.variant`: the dtype a folder's weights are stored in)
 STATE_NEUTRAL = ("model.remat", "model.dtype")
 # optimizer settings that change the state's structure, compared as these predicates
 STATE_SHAPING = {
@@ -267,7 +269,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         old_v, new_v = (_flat(_get_dict(d, key), key + ".") for d in (saved, new))
         for k in sorted(set(old_v) | set(new_v)):
             a, b = old_v.get(k, "<absent>"), new_v.get(k, "<absent>")
-            if a != b and k not in STATE_NEUTRAL:
+            if a != b and k not in STATE_NEUTRAL and not k.endswith(".variant"):
                 diffs.append(f"{k}: {json.dumps(a)} -> {json.dumps(b)}")
     for key, (what, shapes_state) in STATE_SHAPING.items():
         a, b = _get_dict(saved, key), _get_dict(new, key)
@@ -461,9 +463,15 @@ def usage(doc: str | None, prog: str, needs_workdir: bool) -> str:
     )
 
 
-def parse(argv: Sequence[str], needs_workdir: bool = True, extra_flags: dict | None = None):
+def parse(
+    argv: Sequence[str],
+    needs_workdir: bool = True,
+    extra_flags: dict | None = None,
+    schema: dict | None = None,
+):
     """(config with overrides applied, parsed flag values) from `argv`; raises ConfigError.
-    `extra_flags`: the command's own string flags, {name: help}."""
+    `extra_flags`: the command's own string flags, {name: help}; `schema` words the error of
+    an override that does not parse (what the key allows)."""
     argv = _expand(argv)
     spec, rest = split_argv(argv)
     if spec is None:
@@ -473,7 +481,10 @@ def parse(argv: Sequence[str], needs_workdir: bool = True, extra_flags: dict | N
     for key in keys:
         check_override_key(config, key)
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_dict("config", config, "the config", flag_values=fv, sys_argv=rest)
+    if keys:  # the override flags (defining them serialises the config: ~0.1 s, so only then)
+        config_flags.DEFINE_config_dict(
+            "config", config, "the config", flag_values=fv, sys_argv=rest
+        )
     flags.DEFINE_string("workdir", None, "output folder", flag_values=fv)
     flags.DEFINE_boolean("print_config", False, "print the config", flag_values=fv)
     flags.DEFINE_string("verbosity", "quiet", "logging", flag_values=fv)
@@ -483,13 +494,20 @@ def parse(argv: Sequence[str], needs_workdir: bool = True, extra_flags: dict | N
     try:
         extra = fv(rest)
     except flags.Error as e:
+        m = re.search(r"--config\.([\w.]+)=(\S*)", str(e))
+        spec = config_check.spec_at(schema, m.group(1)) if m else None
+        if spec is not None:
+            raise ConfigError(
+                f"--config.{m.group(1)}={m.group(2).rstrip(':')!r}: does not parse; use "
+                f"{spec.allowed()}"
+            ) from e
         raise ConfigError(str(e).replace("\n", " ")) from e
     verbosity_levels(fv.verbosity)  # a bad value fails here, before anything runs
     if len(extra) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(extra[1:])} (see --help)")
     if needs_workdir and not fv.workdir and not fv.print_config:
         raise ConfigError("--workdir=DIR is required (the run's output folder)")
-    return fv.config, fv
+    return (fv.config if keys else config), fv
 
 
 def _distributed(config) -> bool:
@@ -506,17 +524,26 @@ def run(
     choices: Callable[[], dict[str, Sequence[str]]] | None = None,
     argv: Sequence[str] | None = None,
     extra_flags: dict[str, str] | None = None,
+    flag_keys: dict[str, str] | None = None,
+    flag_specs: dict[str, config_check.Spec] | None = None,
+    path_kinds: Sequence[str] | None = None,
 ) -> None:
     """Parses the command line and calls `main(config, workdir)` with the config locked.
 
     `command` (default: the module run with `python -m`, e.g. `train`) must match the config's
-    `command` key when it has one. Before `main`: the config's enumerated values are checked
-    (`choices()`: the command's own {dotted key: allowed values}),
-    logging is set up, and with a workdir `check_workdir` runs and `save_run_files` writes
-    config.json and run.json (in a multi-process run, after `main`, once JAX is initialised).
-    A `UserError` anywhere is one line on stderr and exit code 2 (`--debug`: the traceback).
-    `extra_flags` ({name: help}) are the command's own string flags: `main` then gets a third
-    argument, {name: value or None}.
+    `command` key when it has one, and names its schema (`nd3d_jax.config_schema`). Before
+    `main`, in this order: `flag_keys` ({flag: dotted config key}) copy the command's flags
+    into the config; every value is checked against the schema (types, ranges, choices; and
+    `choices()`, the command's own {dotted key: allowed values}); `--print_config` prints and
+    returns; the workdir must be a writable folder (or creatable) whose checkpoints, if any,
+    fit the config (`check_workdir`); the schema's paths and the command's `flag_specs`
+    ({flag: Spec}) are checked; logging is set up; with a workdir `save_run_files` writes
+    config.json and run.json (in a
+    multi-process run, after `main`, once JAX is initialised). So no data, weight or compile
+    step starts on a bad value. A `UserError` anywhere is one line on stderr and exit code 2
+    (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's own string
+    flags: `main` then gets a third argument, {name: value or None}. `path_kinds`: only the
+    schema's paths of these kinds are checked (a command that reads no data; default all).
     """
     argv = list(sys.argv if argv is None else argv)
     module = _command_module()
@@ -529,18 +556,32 @@ def run(
         sys.exit(0)
     debug = "--debug" in argv[1:]
     try:
-        config, fv = parse(argv, needs_workdir, extra_flags)
+        from nd3d_jax.config_schema import schema_for
+
+        schema = schema_for(command)
+        config, fv = parse(argv, needs_workdir, extra_flags, schema)
+        sources = apply_flag_keys(config, fv, flag_keys or {})
         check_command(config, command)
+        if schema is not None:
+            config_check.check(config, schema, paths=False, sources=sources)
         if choices is not None:
             validate_choices(config, choices())
         if fv.print_config:
             print(config_to_json(config))
             return
-        setup_logging(fv.verbosity)
         workdir = fv.workdir
+        if workdir and needs_workdir:
+            if (why := config_check.PATHS["out"](workdir, {})) is not None:
+                raise UserError(f"--workdir={workdir}: {why}; give a folder (created if missing)")
+            check_workdir(config, workdir)
+        if schema is not None:
+            paths = True if path_kinds is None else path_kinds
+            config_check.check(config, schema, values=False, paths=paths, sources=sources)
+        if flag_specs:
+            config_check.check_flags(flag_specs, {n: fv[n].value for n in extra_flags or {}})
+        setup_logging(fv.verbosity)
         deferred = False
         if workdir and needs_workdir:
-            check_workdir(config, workdir)
             deferred = _distributed(config)
             if not deferred:
                 save_run_files(config, workdir, argv)
@@ -555,3 +596,20 @@ def run(
         if debug:
             raise
         fail(str(e))
+
+
+def apply_flag_keys(config: ml_collections.ConfigDict, fv, flag_keys: dict[str, str]) -> dict:
+    """Copies each given `--flag` into its config key ({flag: dotted key}); returns {dotted
+    key: "--flag"} for the messages."""
+    sources = {}
+    for name, dotted in flag_keys.items():
+        value = fv[name].value
+        if value is None or value == "":
+            continue
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+        sources[dotted] = f"--{name}"
+    return sources

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from nd3d_jax import config_cli
+from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
 
 FLAGS = {
@@ -173,5 +174,15 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
     _log(f"wrote {args['out']}/metrics.json, metrics.md, contact_sheet.png")
 
 
+# config_cli.run options: --params, --data_dir and --split set their config keys (checked
+# with the config); the other flags' values checked up front
+CLI = dict(
+    command="evaluate",
+    needs_workdir=False,
+    extra_flags=FLAGS,
+    flag_keys={"params": "params", "data_dir": "data.data_dir", "split": "data.split"},
+    flag_specs={"generated": Path("folder"), "out": Path("out"), "seed": Int(0)},
+)
+
 if __name__ == "__main__":
-    config_cli.run(main, needs_workdir=False, extra_flags=FLAGS)
+    config_cli.run(main, **CLI)

@@ -26,6 +26,7 @@ import time
 import ml_collections
 
 from nd3d_jax import config_cli
+from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
 
 LOG = logging.getLogger("nd3d_jax.generate")
@@ -133,5 +134,15 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
     run(config, args)
 
 
+# config_cli.run options: --params sets config.params; --out and --seed checked up front
+CLI = dict(
+    command="generate",
+    needs_workdir=False,
+    extra_flags=FLAGS,
+    flag_keys={"params": "params"},
+    # (--image, --coarse_mesh and --inputs are checked per object, naming it, before any model)
+    flag_specs={"out": Path("out"), "seed": Int(0)},
+)
+
 if __name__ == "__main__":
-    config_cli.run(main, needs_workdir=False, extra_flags=FLAGS)
+    config_cli.run(main, **CLI)

@@ -37,5 +37,8 @@ def main(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     print(table(breakdown(config)))
 
 
+# config_cli.run options: the train schema; of its paths only the weight folders (read here)
+CLI = dict(command="train", needs_workdir=False, path_kinds=("weights",))
+
 if __name__ == "__main__":
-    config_cli.run(main, command="train", needs_workdir=False)
+    config_cli.run(main, **CLI)

@@ -116,5 +116,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     run(config, workdir)
 
 
+CLI = dict(command="refine_demo")  # config_cli.run options
+
 if __name__ == "__main__":
-    config_cli.run(main)
+    config_cli.run(main, **CLI)

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from nd3d_jax import config_cli
+from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
 
 FLAGS = {"out": "output folder", "params": "the trainer WORKDIR", "seed": "generation seed"}
@@ -213,6 +214,9 @@ def default_argv(argv: list[str]) -> list[str]:
     return [argv[0], f"--config={configs.evaluate.__file__}", *argv[1:]]
 
 
+CLI = dict(command="evaluate", needs_workdir=False, extra_flags=FLAGS,
+           flag_keys={"params": "params"},
+           flag_specs={"out": Path("out"), "seed": Int(0)})  # fmt: skip
+
 if __name__ == "__main__":
-    config_cli.run(main, command="evaluate", needs_workdir=False, extra_flags=FLAGS,
-                   argv=default_argv(sys.argv))  # fmt: skip
+    config_cli.run(main, **CLI, argv=default_argv(sys.argv))

@@ -436,21 +436,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     train(config, workdir)
 
 
-def config_choices() -> dict[str, tuple[str, ...]]:
-    """The enumerated config values this command accepts, checked before anything runs."""
-    from data_pipelines.prepare import BUILDERS
-    from nd3d_jax.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES
-    from nd3d_jax.stages import STAGES
-
-    return {
-        "stage": tuple(sorted(STAGES)),
-        "data.dataset": tuple(BUILDERS),
-        "schedule.beta_schedule": tuple(BETA_SCHEDULES),
-        "schedule.prediction_type": tuple(PREDICTION_TYPES),
-    }
-
+# `config_cli.run` options of this command (every value is checked by nd3d_jax.config_schema's
+# train schema before `main`); tests run it in-process with `run(other_main, **CLI)`
+CLI = dict(command="train")
 
 if __name__ == "__main__":
     from nd3d_jax.config_cli import run
 
-    run(main, choices=config_choices)
+    run(main, **CLI)

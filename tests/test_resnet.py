@@ -182,7 +182,7 @@ def test_rename():
 
 def test_folder_without_weights(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet", **TINY}))
-    with pytest.raises(WeightImportError, match="no safetensors weights"):
+    with pytest.raises(WeightImportError, match="no weight files"):
         load_resnet(str(tmp_path))
 
 

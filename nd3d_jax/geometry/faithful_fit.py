@@ -34,6 +34,8 @@ import numpy as np
 import optax
 import trimesh
 
+from nd3d_jax.config_check import Choice, Float, Int, Seq, check_fields
+from nd3d_jax.errors import UserError
 from nd3d_jax.geometry.tet_grid import TetGrid, locate
 from nd3d_jax.models.sdf_mlp import FEATURE_DIM, SDFMLP, geometric_init
 
@@ -59,27 +61,19 @@ class FaithfulSettings:
     band_scales: tuple[float, ...] = (0.25, 0.5, 1.0)  # offset std of each band, in cells
     max_correction: float = 0.25  # bound of the SDF correction, in cells
 
+    # each field's range or choices (types from the annotations; nd3d_jax.config_check)
+    LIMITS = dict(
+        base=Choice(*BASES), hidden_dim=Int(1), out_hidden_dim=Int(1), num_frequencies=Int(0),
+        steps=Int(0, note="0: no fit"), learning_rate=Float(0, low_open=True),
+        warmup_steps=Int(0), batch_points=Int(1), pool_points=Int(1),
+        band_scales=Seq(Float(0, low_open=True), min_length=1),
+        max_correction=Float(0, 1, low_open=True, note="cells"),
+    )  # fmt: skip
+
     def __post_init__(self):
-        if self.base not in BASES:
-            raise ValueError(f"refine faithful.base must be one of {BASES}, got {self.base!r}")
-        for name in ("hidden_dim", "out_hidden_dim", "batch_points", "pool_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"refine faithful.{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0 or (self.steps == 0 and self.base == "none"):
-            raise ValueError(
-                f"refine faithful.steps must be >= 0 (>= 1 for base=none): {self.steps}"
-            )
-        if self.num_frequencies < 0 or self.warmup_steps < 0:
-            raise ValueError("refine faithful.num_frequencies and warmup_steps must be >= 0")
-        if not self.learning_rate > 0:
-            raise ValueError(f"refine faithful.learning_rate must be > 0, got {self.learning_rate}")
-        scales = tuple(self.band_scales)
-        if not scales or min(scales) <= 0:
-            raise ValueError(f"refine faithful.band_scales must be > 0, got {scales}")
-        if not 0 < self.max_correction <= 1:
-            raise ValueError(
-                f"refine faithful.max_correction must be in (0, 1] cells, got {self.max_correction}"
-            )
+        check_fields(self, "refine settings: faithful")
+        if self.steps == 0 and self.base == "none":
+            raise UserError("refine settings: faithful: steps=0 needs base=coarse (nothing to fit)")
 
 
 class FaithfulPrograms(NamedTuple):

@@ -35,6 +35,8 @@ import trimesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from nd3d_jax.config_check import Choice, Float, Int, check_fields
+from nd3d_jax.errors import UserError
 from nd3d_jax.geometry import faithful_fit
 from nd3d_jax.geometry.extract import extract_mesh
 from nd3d_jax.geometry.faithful_fit import FaithfulSettings
@@ -76,9 +78,20 @@ class RefineSettings:
     seed: int = 0
     faithful: FaithfulSettings = FaithfulSettings()
 
+    # Each field's range or choices (types come from the annotations): checked here and, for
+    # the `refine` section of a config, by nd3d_jax.config_check before any command runs.
+    LIMITS = dict(
+        num_key_points=Int(1), vertex_stride=Int(1), num_jitter_copies=Int(0),
+        jitter_std=Float(0), num_uniform_points=Int(0), steps=Int(1),
+        learning_rate=Float(0, low_open=True), weight_decay=Float(0), loss=Choice(*LOSSES),
+        disp_weight=Float(0), eq7_lambda=Float(0), init=Choice(*INITS), hidden_dim=Int(1),
+        out_hidden_dim=Int(1), resolution=Int(1), bound=Float(0, low_open=True),
+        # below 1/6 of a cell no tet can invert (tet_grid.py); 0 would divide by zero
+        max_deform=Float(0, 1 / 6, low_open=True, high_open=True),
+        query_chunk=Int(1), seed=Int(0), recipe=Choice(*RECIPES),
+    )  # fmt: skip
+
     def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"refine recipe must be one of {RECIPES}, got {self.recipe!r}")
         if not isinstance(self.faithful, FaithfulSettings):  # a config section (mapping)
             values = dict(self.faithful)
             if "band_scales" in values:
@@ -86,20 +99,8 @@ class RefineSettings:
             try:
                 object.__setattr__(self, "faithful", FaithfulSettings(**values))
             except TypeError as e:
-                raise ValueError(f"refine faithful: {e}") from None
-        if self.loss not in LOSSES:
-            raise ValueError(f"refine loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.init not in INITS:
-            raise ValueError(f"refine init must be one of {INITS}, got {self.init!r}")
-        for name in ("num_key_points", "steps", "resolution", "query_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"refine {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_jitter_copies", "num_uniform_points", "jitter_std", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"refine {name} must be >= 0, got {getattr(self, name)}")
-        # Below 1/6 of a cell no tet can invert (tet_grid.py); 0 would divide by zero.
-        if not 0 < self.max_deform < 1 / 6:
-            raise ValueError(f"refine max_deform must be in (0, 1/6), got {self.max_deform}")
+                raise UserError(f"refine settings: faithful: {e}") from None
+        check_fields(self, "refine settings")
 
 
 class RefinePrograms(NamedTuple):

@@ -132,7 +132,8 @@ class Generator:
             dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[p.dtype]
             settings = FieldSettings(f_tex=p.f_tex)
             t = time.perf_counter()
-            self._shap_e[kind] = load_shap_e(folder, dtype=dtype, settings=settings)
+            variant = p.get("variant") or None  # configs from before the key: None
+            self._shap_e[kind] = load_shap_e(folder, dtype, settings=settings, variant=variant)
             self.log(f"Shap-E ({kind}) from {folder} ({time.perf_counter() - t:.1f}s)")
         return self._shap_e[kind]
 

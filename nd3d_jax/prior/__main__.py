@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import tempfile
 import time
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from nd3d_jax.config_check import Float, Int, Path, check_flags
 from nd3d_jax.config_cli import ArgumentParser, fail
 from nd3d_jax.errors import UserError
 from nd3d_jax.prior.image import read_image
@@ -38,6 +38,16 @@ from nd3d_jax.weights.shap_e import pipeline_kind
 
 PROG = "python -m nd3d_jax.prior"
 PREVIEW_VIEWS = 4
+# what each flag accepts (nd3d_jax.config_check), checked before the weights load
+FLAG_SPECS = {
+    "steps": Int(1),
+    "resolution": Int(2),
+    "batch": Int(1),
+    "preview_size": Int(8),
+    "guidance": Float(0),
+    "seed": Int(0),
+    "out": Path("out"),
+}
 
 
 def parse_args(argv: list[str] | None = None):
@@ -67,6 +77,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--batch", type=int, default=1, help="objects from the same input")
     parser.add_argument("--grid", choices=GRIDS, default="exact", help="see nd3d_jax.prior.mesh")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--variant", default=None, help="weight variant, e.g. fp16 (default: plain, else the only)"
+    )
     parser.add_argument("--preview_size", type=int, default=256, help="pixels per preview view")
     return parser.parse_args(argv)
 
@@ -75,18 +88,7 @@ def check_args(args) -> str:
     """Every check that needs no weights; returns the pipeline kind ("text" or "image")."""
     if args.text is not None and not args.text.strip():
         raise UserError("--text is empty; give a prompt such as --text='a red chair'")
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.resolution < 2:
-        raise UserError(f"--resolution must be >= 2, got {args.resolution}")
-    if args.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {args.batch}")
-    if args.preview_size < 8:
-        raise UserError(f"--preview_size must be >= 8, got {args.preview_size}")
-    if args.guidance is not None and not math.isfinite(args.guidance):
-        raise UserError(f"--guidance must be finite, got {args.guidance}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out={args.out} is a file; give a folder")
+    check_flags(FLAG_SPECS, vars(args))
     kind = pipeline_kind(args.weights)
     check_input(kind, args.weights, "text" if args.text is not None else "image")
     return kind
@@ -136,7 +138,7 @@ def run(args) -> dict:
     guidance = DEFAULT_GUIDANCE[kind] if args.guidance is None else args.guidance
     stages = Stages()
 
-    shap_e = load_shap_e(args.weights, jnp.dtype(args.dtype))
+    shap_e = load_shap_e(args.weights, jnp.dtype(args.dtype), variant=args.variant)
     stages.done("load", f"{args.weights} ({kind}-to-3D, {args.dtype})")
 
     # the condition repeated N times: one key, N noises in one sampling call

@@ -298,9 +298,11 @@ def load_shap_e(
     dtype=jnp.float32,
     remat: bool = False,
     settings: FieldSettings | None = None,
+    variant: str | None = None,
 ) -> ShapE:
     """A `ShapE` from a diffusers Shap-E pipeline folder (`openai/shap-e` for text,
     `openai/shap-e-img2img` for images) or its converted copy. `dtype`: the compute dtype of
-    the prior and the CLIP encoder (bfloat16 on accelerators); parameters stay float32."""
+    the prior and the CLIP encoder (bfloat16 on accelerators); parameters stay float32.
+    `variant`: the weight variant to read (e.g. "fp16"; default: plain, else the only one)."""
     path = os.path.expanduser(str(path))
-    return ShapE(load_weights(path, dtype, remat=remat), settings)
+    return ShapE(load_weights(path, dtype, remat=remat, variant=variant), settings)

@@ -46,15 +46,23 @@ def model_config(config: ml_collections.ConfigDict) -> NeuroDiff3DConfig:
     config.json (resolved under `weights_dir` now, so overrides apply) or the inline dict."""
     m = config.model
     hf = {name: _hf_config(config, name) for name in SUB_MODELS}
-    clip = CLIPConfig.from_hf(hf["clip"])
-    unet = dataclasses.replace(UNetConfig.from_hf(hf["unet"]), remat=m.remat)
+
+    def parse(name: str, cls):  # a config the class refuses: one line naming its key
+        try:
+            return cls.from_hf(hf[name])
+        except (TypeError, ValueError) as e:
+            key = f"model.{name}.{'path' if m[name].path else 'config'}"
+            raise UserError(f"{key}: {e}") from e
+
+    clip = parse("clip", CLIPConfig)
+    unet = dataclasses.replace(parse("unet", UNetConfig), remat=m.remat)
     c = NeuroDiff3DConfig(
         conditioning=cond.ConditioningConfig.from_pretrained(
-            clip, ResNetConfig.from_hf(hf["resnet"]), fusion_weights=tuple(m.fusion_weights)
+            clip, parse("resnet", ResNetConfig), fusion_weights=tuple(m.fusion_weights)
         ),
         unet=unet,
-        adapter=T2IAdapterConfig.from_hf(hf["adapter"]),
-        vae=VAEConfig.from_hf(hf["vae"]) if m.vae.use else None,
+        adapter=parse("adapter", T2IAdapterConfig),
+        vae=parse("vae", VAEConfig) if m.vae.use else None,
         pixel_factor=m.pixel_factor,
         grid_rows=m.grid_rows,
         grid_cols=m.grid_cols,
@@ -75,7 +83,8 @@ def model_config(config: ml_collections.ConfigDict) -> NeuroDiff3DConfig:
 def _hf_config(config: ml_collections.ConfigDict, name: str) -> dict:
     node = config.model[name]
     if node.path:
-        folder = require_folder(config.get("weights_dir", ""), node.path, f"model.{name}.path")
+        w = config.get("weights_dir", "")
+        folder = require_folder(w, node.path, f"model.{name}.path", kind=name)
         with open(os.path.join(folder, "config.json")) as f:
             return json.load(f)
     return node.config.to_dict()
@@ -152,8 +161,9 @@ class NeuroDiff3DStage:
         out = {}
         for path, (name, loader) in loaders.items():
             if m[name].path:
-                folder = require_folder(w, m[name].path, f"model.{name}.path")
-                out[path] = loader(folder, host=True)[1]
+                folder = require_folder(w, m[name].path, f"model.{name}.path", kind=name)
+                variant = m[name].get("variant") or None  # configs from before the key: None
+                out[path] = loader(folder, host=True, variant=variant)[1]
         return out
 
     def semantic_from_clip(self, semantic_params, clip_params):

@@ -21,6 +21,7 @@ import numpy as np
 import trimesh
 import xatlas
 
+from nd3d_jax.config_check import Float, Int, Seq, check_fields
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import orthographic
 from nd3d_jax.render.rasterize import default_work_budget, face_normals, interpolate, rasterize
@@ -62,31 +63,24 @@ class TextureSettings:
     dilate: int = 8
     fill_rings: int = 16
 
-    def __post_init__(self):
-        def check(ok, what):
-            if not ok:
-                raise UserError(f"texture settings: {what}")
+    # Each field's range (types come from the annotations): checked here and, for the `texture`
+    # section of a config, by nd3d_jax.config_check before any command runs.
+    LIMITS = dict(
+        size=Int(16, 16384), padding=Int(0, note="below size / 4"),
+        max_faces=Int(100, also=(0,), note="0: never decimate"), cos_power=Float(0),
+        min_cos=Float(0, 1, high_open=True), depth_tolerance=Float(0),
+        silhouette_erode=Float(0, 0.5, high_open=True, note="a fraction of the view side"),
+        rim_weight=Float(0, 1), view_weights=Seq(Float(0), note="not all 0"), dilate=Int(0),
+        fill_rings=Int(0),
+    )  # fmt: skip
 
-        size, pad, erode = self.size, self.padding, self.silhouette_erode
-        check(isinstance(size, int) and 16 <= size <= 16384, f"size={size} must be in [16, 16384]")
-        check(isinstance(pad, int) and 0 <= pad < size // 4, f"padding={pad} not in [0, size/4)")
-        check(
-            isinstance(self.max_faces, int) and (self.max_faces == 0 or self.max_faces >= 100),
-            f"max_faces={self.max_faces} must be 0 (never decimate) or >= 100",
-        )
-        check(self.cos_power >= 0, f"cos_power={self.cos_power} must be >= 0")
-        check(0 <= self.min_cos < 1, f"min_cos={self.min_cos} must be in [0, 1)")
-        check(0 <= erode < 0.5, f"silhouette_erode={erode} must be a fraction in [0, 0.5)")
-        check(0 <= self.rim_weight <= 1, f"rim_weight={self.rim_weight} must be in [0, 1]")
-        check(isinstance(self.fill_rings, int) and self.fill_rings >= 0,
-              f"fill_rings={self.fill_rings} must be >= 0")  # fmt: skip
-        check(self.depth_tolerance >= 0, f"depth_tolerance={self.depth_tolerance} must be >= 0")
-        weights = tuple(self.view_weights)
-        check(
-            all(w >= 0 for w in weights) and (not weights or max(weights) > 0),
-            f"view_weights={weights} must be >= 0 and not all 0",
-        )
-        check(isinstance(self.dilate, int) and self.dilate >= 0, f"dilate={self.dilate} < 0")
+    def __post_init__(self):
+        check_fields(self, "texture settings")
+        pad, weights = self.padding, tuple(self.view_weights)
+        if pad >= self.size // 4:
+            raise UserError(f"texture settings: padding={pad} not below size/4 = {self.size // 4}")
+        if weights and max(weights) <= 0:
+            raise UserError(f"texture settings: view_weights={weights} are all 0")
 
 
 @dataclasses.dataclass

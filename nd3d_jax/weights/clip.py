@@ -22,8 +22,9 @@ from nd3d_jax.weights.io import (
     conv_kernel,
     expected_shapes,
     linear_kernel,
+    model_folder,
     read_config,
-    read_safetensors,
+    read_weights,
 )
 from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
@@ -82,16 +83,20 @@ def check_model_type(hf: dict, folder: str, want: str) -> None:
         )
 
 
-def load_clip(path: str, dtype=jnp.float32, host: bool = False) -> tuple[CLIPModel, dict]:
-    """`(module, params)` from a `CLIPModel.save_pretrained` folder or a converted checkpoint
-    (`host`: numpy arrays, for placing straight into shardings)."""
+def load_clip(
+    path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None
+) -> tuple[CLIPModel, dict]:
+    """`(module, params)` from a `CLIPModel.save_pretrained` folder (any weight layout of
+    `read_weights`, `variant` as there) or a converted checkpoint (`host`: numpy arrays, for
+    placing straight into shardings)."""
+    path = model_folder(path, "clip")
     if is_converted(path):
         return restore(path, "clip", build_clip, dtype, host)
     hf = read_config(path)
     check_model_type(hf, path, "clip")
     module, dummy = build_clip(hf, dtype)
     expected = expected_shapes(module, *dummy)
-    params = build_tree(read_safetensors(path), clip_rename, expected, source=path)
+    params = build_tree(read_weights(path, variant), clip_rename, expected, source=path)
     return module, to_arrays(params, host)
 
 
@@ -107,6 +112,7 @@ class CLIPTokenizer:
 
         if not os.path.isdir(path):
             raise WeightImportError(f"tokenizer folder not found: {path!r}")
+        path = model_folder(path, "tokenizer")  # a pipeline folder: its tokenizer/
         try:
             self.hf = HFTokenizer.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError, TypeError) as e:

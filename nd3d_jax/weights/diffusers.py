@@ -1,5 +1,5 @@
-"""diffusers folders (`config.json` + `diffusion_pytorch_model.safetensors`) -> our trees:
-the UNet, the VAE and the T2I-Adapter.
+"""diffusers folders (`config.json` + `diffusion_pytorch_model[.fp16].safetensors` or `.bin`,
+or a pipeline folder holding them) -> our trees: the UNet, the VAE and the T2I-Adapter.
 
 Keys map by one rule: list indices join their container (`resnets.1` -> `resnets_1`), the
 top-level block containers join their child (`down_blocks.0.resnets.1` ->
@@ -22,8 +22,9 @@ from nd3d_jax.weights.io import (
     conv_kernel,
     expected_shapes,
     linear_kernel,
+    model_folder,
     read_config,
-    read_safetensors,
+    read_weights,
 )
 from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
@@ -67,9 +68,19 @@ def diffusers_rename(key: str, prefix: str = "") -> Target:
     return Target((*merged, leaf))
 
 
+_KINDS = {"UNet2DConditionModel": "unet", "AutoencoderKL": "vae", "T2IAdapter": "adapter"}
+
+
 def _load(
-    path: str, class_name: str, build: Callable, prefix: str = "", dtype=jnp.float32, host=False
+    path: str,
+    class_name: str,
+    build: Callable,
+    prefix: str = "",
+    dtype=jnp.float32,
+    host=False,
+    variant: str | None = None,
 ):
+    path = model_folder(path, _KINDS[class_name])
     if is_converted(path):
         return restore(path, class_name, build, dtype, host)
     hf = read_config(path)
@@ -84,7 +95,7 @@ def _load(
         raise WeightImportError(f"{path}: {e}") from e
     expected = expected_shapes(module, *dummy)
     rename = lambda k: diffusers_rename(k, prefix)  # noqa: E731
-    params = build_tree(read_safetensors(path), rename, expected, source=path)
+    params = build_tree(read_weights(path, variant), rename, expected, source=path)
     return module, to_arrays(params, host)
 
 
@@ -117,16 +128,19 @@ def build_t2i_adapter(hf: dict, dtype=jnp.float32):
     return T2IAdapter(c, dtype), (jnp.zeros((1, size, size, c.in_channels)),)
 
 
-def load_vae(path: str, dtype=jnp.float32, host: bool = False):
+# Each loader takes the model's folder or a pipeline folder holding it (`unet/`, `vae/`, ...),
+# weights in any layout `read_weights` reads (`variant`: e.g. "fp16"; default: the plain files,
+# else the only variant); parameters come out float32, the module computes in `dtype`.
+def load_vae(path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None):
     """`(AutoencoderKL module, params)` from a diffusers `AutoencoderKL` folder."""
-    return _load(path, "AutoencoderKL", build_vae, dtype=dtype, host=host)
+    return _load(path, "AutoencoderKL", build_vae, dtype=dtype, host=host, variant=variant)
 
 
-def load_unet(path: str, dtype=jnp.float32, host: bool = False):
+def load_unet(path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None):
     """`(UNet module, params)` from a diffusers `UNet2DConditionModel` folder."""
-    return _load(path, "UNet2DConditionModel", build_unet, dtype=dtype, host=host)
+    return _load(path, "UNet2DConditionModel", build_unet, dtype=dtype, host=host, variant=variant)
 
 
-def load_t2i_adapter(path: str, dtype=jnp.float32, host: bool = False):
+def load_t2i_adapter(path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None):
     """`(T2IAdapter module, params)` from a diffusers `T2IAdapter` folder (full adapter)."""
-    return _load(path, "T2IAdapter", build_t2i_adapter, prefix="adapter.", dtype=dtype, host=host)
+    return _load(path, "T2IAdapter", build_t2i_adapter, "adapter.", dtype, host, variant)

@@ -38,6 +38,7 @@ from nd3d_jax.weights.io import (
     build_tree,
     conv_kernel,
     expected_shapes,
+    read_file,
 )
 from nd3d_jax.weights.orbax_io import MARKER, is_converted, restore, to_arrays, write
 
@@ -69,30 +70,6 @@ def lpips_rename(key: str) -> Target | None:
     return Target(("<unexpected>", key))
 
 
-def _read(path: str) -> dict[str, np.ndarray]:
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(path)
-        except Exception as e:  # safetensors raises its own error types
-            raise WeightImportError(f"{path}: unreadable safetensors file ({e})") from e
-    try:
-        import torch
-    except ImportError as e:
-        raise WeightImportError(
-            f"{path}: reading .pth files needs torch (pip install torch), or save the state "
-            "dict as .safetensors"
-        ) from e
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of a corrupt or non-tensor file
-        raise WeightImportError(f"{path}: unreadable torch file ({e})") from e
-    if not isinstance(state, dict):
-        raise WeightImportError(f"{path}: holds a {type(state).__name__}, expected a state dict")
-    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
-
-
 def read_lpips_state(folder: str) -> tuple[str, dict[str, np.ndarray]]:
     """(net, merged state dict) of an LPIPS folder, checking that both parts are present."""
     if not os.path.isdir(folder):
@@ -105,7 +82,7 @@ def read_lpips_state(folder: str) -> tuple[str, dict[str, np.ndarray]]:
         )
     state: dict[str, np.ndarray] = {}
     for name in files:
-        part = _read(os.path.join(folder, name))
+        part = read_file(os.path.join(folder, name))
         twice = sorted(set(part) & set(state))
         if twice:
             raise WeightImportError(f"{folder}/{name}: keys also in another file: {twice[:4]}")

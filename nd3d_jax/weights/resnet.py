@@ -26,8 +26,9 @@ from nd3d_jax.weights.io import (
     build_tree,
     conv_kernel,
     expected_shapes,
+    model_folder,
     read_config,
-    read_safetensors,
+    read_weights,
 )
 from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
@@ -73,13 +74,17 @@ def build_resnet(hf: dict, dtype=jnp.float32):
     return module, (np.zeros((1, 64, 64, cfg.num_channels), np.float32),)
 
 
-def load_resnet(path: str, dtype=jnp.float32, host: bool = False) -> tuple[ResNet, dict]:
-    """(module, params) from a `save_pretrained` ResNet folder (config.json + safetensors).
+def load_resnet(
+    path: str, dtype=jnp.float32, host: bool = False, variant: str | None = None
+) -> tuple[ResNet, dict]:
+    """(module, params) from a `save_pretrained` ResNet folder (config.json + weights in any
+    layout of `read_weights`, `variant` as there).
 
     `dtype` is the compute dtype of the module; parameters are kept in float32 so BN statistics
     and kernels lose nothing (BN is folded in float32 at run time anyway). A folder written by
     `python -m nd3d_jax.weights.convert` loads too.
     """
+    path = model_folder(path, "resnet")
     if is_converted(path):
         return restore(path, "resnet", build_resnet, dtype, host)
     config = read_config(path)
@@ -91,6 +96,6 @@ def load_resnet(path: str, dtype=jnp.float32, host: bool = False) -> tuple[ResNe
     except ValueError as e:
         raise WeightImportError(f"{path}: unsupported ResNet config: {e}") from e
     expected = expected_shapes(module, *dummy)
-    state = read_safetensors(path)
+    state = read_weights(path, variant)
     params = build_tree(state, resnet_rename, expected, source=path)
     return module, to_arrays(params, host)

@@ -39,8 +39,9 @@ from nd3d_jax.weights.io import (
     build_tree,
     expected_shapes,
     linear_kernel,
+    model_folder,
     read_config,
-    read_safetensors,
+    read_weights,
 )
 from nd3d_jax.weights.orbax_io import is_converted, restore, to_arrays
 
@@ -153,8 +154,14 @@ def build_image_encoder(hf: dict, dtype=jnp.float32):
     return ShapEImageEncoder(v, dtype), (jnp.zeros((1, v.image_size, v.image_size, 3)),)
 
 
-def _load(path, kind, build, rename, dtype, host, check=None):
+# the model_folder kind of each component (a pipeline folder given for one resolves to it)
+_FOLDER_KINDS = {"shap_e_prior": "shap_e_prior", "shap_e_renderer": "shap_e_renderer",
+                 "clip_text_model": "clip_text", "clip_vision_model": "clip_vision"}  # fmt: skip
+
+
+def _load(path, kind, build, rename, dtype, host, check=None, variant=None):
     """`rename(module) -> key renamer` (the renderer's depends on its config)."""
+    path = model_folder(path, _FOLDER_KINDS[kind])
     if is_converted(path):
         return restore(path, kind, build, dtype, host)
     hf = read_config(path)
@@ -165,28 +172,28 @@ def _load(path, kind, build, rename, dtype, host, check=None):
     except ValueError as e:
         raise WeightImportError(f"{path}: {e}") from e
     expected = expected_shapes(module, *dummy)
-    params = build_tree(read_safetensors(path), rename(module), expected, source=path)
+    params = build_tree(read_weights(path, variant), rename(module), expected, source=path)
     return module, to_arrays(params, host)
 
 
-def load_prior(path: str, dtype=jnp.float32, host: bool = False):
+def load_prior(path: str, dtype=jnp.float32, host: bool = False, variant=None):
     return _load(
         path, "shap_e_prior", build_prior, lambda m: prior_rename, dtype, host,
-        _named(path, "_class_name", "PriorTransformer"),
+        _named(path, "_class_name", "PriorTransformer"), variant,
     )  # fmt: skip
 
 
-def load_renderer(path: str, dtype=jnp.float32, host: bool = False):
+def load_renderer(path: str, dtype=jnp.float32, host: bool = False, variant=None):
     return _load(
         path, "shap_e_renderer", build_renderer, lambda m: renderer_rename(m.config), dtype, host,
-        _named(path, "_class_name", "ShapERenderer"),
+        _named(path, "_class_name", "ShapERenderer"), variant,
     )  # fmt: skip
 
 
-def load_text_encoder(path: str, dtype=jnp.float32, host: bool = False):
+def load_text_encoder(path: str, dtype=jnp.float32, host: bool = False, variant=None):
     return _load(
         path, "clip_text_model", build_text_encoder, lambda m: clip_rename, dtype, host,
-        _named(path, "model_type", "clip_text_model"),
+        _named(path, "model_type", "clip_text_model"), variant,
     )  # fmt: skip
 
 
@@ -196,10 +203,10 @@ def vision_rename(key: str) -> Target | None:
     return clip_rename(key if key.startswith("vision_model.") else f"vision_model.{key}")
 
 
-def load_image_encoder(path: str, dtype=jnp.float32, host: bool = False):
+def load_image_encoder(path: str, dtype=jnp.float32, host: bool = False, variant=None):
     return _load(
         path, "clip_vision_model", build_image_encoder, lambda m: vision_rename, dtype, host,
-        _named(path, "model_type", "clip_vision_model"),
+        _named(path, "model_type", "clip_vision_model"), variant,
     )  # fmt: skip
 
 
@@ -251,17 +258,22 @@ def component(path: str, *names: str) -> str:
 
 
 def load_shap_e(
-    path: str, dtype=jnp.float32, host: bool = False, remat: bool = False
+    path: str,
+    dtype=jnp.float32,
+    host: bool = False,
+    remat: bool = False,
+    variant: str | None = None,
 ) -> ShapEWeights:
     """Every network of a Shap-E pipeline folder (or of its converted copy). `dtype` is the
-    compute dtype of the prior and encoder (parameters stay float32)."""
+    compute dtype of the prior and encoder (parameters stay float32); `variant` picks each
+    component's weight variant (e.g. "fp16"; default: plain, else the only one)."""
     kind = pipeline_kind(path)
-    prior = load_prior(component(path, "prior"), dtype, host)
+    prior = load_prior(component(path, "prior"), dtype, host, variant)
     if remat:
         prior = (prior[0].clone(config=_with_remat(prior[0].config)), prior[1])
-    renderer = load_renderer(component(path, *RENDERER_FOLDERS), jnp.float32, host)
+    renderer = load_renderer(component(path, *RENDERER_FOLDERS), jnp.float32, host, variant)
     loader = load_text_encoder if kind == "text" else load_image_encoder
-    encoder = loader(component(path, ENCODER_FOLDER[kind]), dtype, host)
+    encoder = loader(component(path, ENCODER_FOLDER[kind]), dtype, host, variant)
     return ShapEWeights(kind, path, prior, renderer, encoder)
 
 
