@@ -93,7 +93,7 @@ def suite(opts: BenchOptions) -> list[Record]:
                     shape=f"R={settings.resolution}, {len(result.mesh.faces)} faces",
                     median_s=times[-1],
                     repeats=1,
-                    extra={k: round(v, 4) if isinstance(v, float) else v for k, v in fid.items()},
+                    extra={k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in fid.items()},
                 )
             )
     return records

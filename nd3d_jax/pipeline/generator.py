@@ -11,15 +11,20 @@ Stages, each a method you can call alone:
   4. multiview   the trained model samples the K-view grid; the VAE decodes it (M2, M3)
   5. bake        UV atlas + back-projection of the K views into a texture (M4)
 
-`generate_many` runs a list of objects in batches: stages 1-3 and 5 per object on the host and
-one device, stage 4 for the whole batch in one program split over the mesh's data axis. An
-object that fails (unreadable image, empty text, a mesh with no surface) is returned as its
-error; the others go on.
+`generate_many` runs a list of objects in batches: stages 1-3 per object on the host and one
+device, stage 4 for the whole batch in one program split over the mesh's data axis, and stage 5
+with the caller's `progress` (which writes the files) in `host_workers` threads, so one batch
+bakes and exports while the device samples the next. An object that fails (unreadable image,
+empty text, a mesh with no surface) is returned (and reported) as its error; the others go on.
+Per-request settings (`RequestSettings`: steps, guidance, texture size) and a stage callback
+(`on_stage`) serve the web demo through the same path.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -35,11 +40,12 @@ from nd3d_jax import sharding
 from nd3d_jax.errors import UserError
 from nd3d_jax.geometry.mesh_ops import MeshError
 from nd3d_jax.geometry.refine import RefineSettings, refine_mesh
+from nd3d_jax.metrics.fidelity import refinement_fidelity
 from nd3d_jax.pipeline import coarse as coarse_lib
 from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_image
 from nd3d_jax.pipeline.multiview import MultiView
 from nd3d_jax.render.maps import grid_split
-from nd3d_jax.texture import TextureSettings, bake, textured_trimesh, unwrap
+from nd3d_jax.texture import TextureSettings, bake, coverage, textured_trimesh, unwrap
 
 LOG = logging.getLogger(__name__)
 STAGES = ("coarse", "refine", "conditions", "multiview", "bake")
@@ -65,6 +71,27 @@ class Result:
     seconds: dict[str, float]
     cameras: object = None  # the K view cameras (render.Camera)
     refine_loss: tuple[float, float] = (float("nan"), float("nan"))
+    # refined vs coarse (metrics.fidelity: pieces, chamfer_l2, f1@tau) and the texture's
+    # coverage (texture.coverage: painted, visible_painted)
+    fidelity: dict = dataclasses.field(default_factory=dict)
+    settings: RequestSettings | None = None  # what the object was generated with
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestSettings:
+    """Per-request settings over the config's (None: the config's value). Each step count and
+    texture size is its own compiled program; the guidance scale is traced (no recompile)."""
+
+    num_steps: int | None = None
+    guidance: float | None = None
+    texture_size: int | None = None
+
+
+# (object name, stage, fraction of that object done) at the start of each stage
+StageCallback = Callable[[str, str, float], None]
+STAGE_START = {"coarse": 0.0, "refine": 0.2, "conditions": 0.35, "multiview": 0.4, "bake": 0.7,
+               "files": 0.85}  # fmt: skip
+FIDELITY_SAMPLES = 10000  # surface samples per mesh for `Result.fidelity`
 
 
 def refine_settings(config: ml_collections.ConfigDict) -> RefineSettings:
@@ -115,6 +142,7 @@ class Generator:
         self.model = model or MultiView(config.params, config, self.mesh)
         self.log(f"model from {self.model.params_path} ({time.perf_counter() - t:.1f}s)")
         self._shap_e = {}
+        self.host_workers = int(config.get("host_workers", 0))
 
     # ------------------------------------------------------------------ stage 1
     def shap_e(self, kind: str):
@@ -190,17 +218,17 @@ class Generator:
         fill = closest_colors(refined, unwrapped.vertices)
         out = bake(atlas, self.model.cameras, views, fill[atlas.source_vertex], s)
         texture = np.asarray(out.texture)
-        chart = np.asarray(out.chart)
-        coverage = float(np.asarray(out.seen)[chart].mean()) if chart.any() else 0.0
         tex8 = (np.clip(texture, 0, 1) * 255 + 0.5).astype(np.uint8)
-        return textured_trimesh(atlas, tex8), texture, coverage
+        return textured_trimesh(atlas, tex8), texture, coverage(out)
 
     # ------------------------------------------------------------------ all stages
     def generate(self, image: str | None = None, text: str = "", coarse_mesh: str | None = None,
-                 name: str = "object", seed: int | None = None) -> Result:  # fmt: skip
+                 name: str = "object", seed: int | None = None,
+                 settings: RequestSettings | None = None,
+                 on_stage: StageCallback | None = None) -> Result:  # fmt: skip
         """One object; raises its error."""
         obj = ObjectInput(name, image, text, coarse_mesh)
-        (result,) = self.generate_many([obj], seed=seed)
+        (result,) = self.generate_many([obj], seed=seed, settings=settings, on_stage=on_stage)
         if isinstance(result, Exception):
             raise result
         return result
@@ -211,20 +239,40 @@ class Generator:
         seed: int | None = None,
         indices: list[int] | None = None,
         progress: Callable[[str, Result | Exception], None] | None = None,
+        settings: RequestSettings | None = None,
+        on_stage: StageCallback | None = None,
     ) -> list[Result | Exception]:
         """Results (or errors) in order; `indices` (default 0..n-1) fold into the seed, so an
-        object's result does not depend on its batch."""
+        object's result does not depend on its batch. `progress(name, result or error)` runs as
+        each object ends, in a host worker thread when `host_workers` > 0 (so what it does, such
+        as writing the files, overlaps the device's next batch): make it thread-safe."""
         seed = self.config.seed if seed is None else seed
         indices = list(range(len(objects))) if indices is None else indices
-        out: list[Result | Exception] = []
-        for start in range(0, len(objects), self.batch_size):
-            chunk = list(zip(objects[start : start + self.batch_size],
-                             indices[start : start + self.batch_size], strict=True))  # fmt: skip
-            for r in self._batch(chunk, seed):
-                out.append(r)
-                if progress:
-                    progress(r.name if isinstance(r, Result) else "", r)
-        return out
+        settings = settings or RequestSettings()
+        on_stage = on_stage or (lambda *_: None)
+        report = progress or (lambda *_: None)
+        results: dict[str, Result | Exception] = {}
+        pool = (concurrent.futures.ThreadPoolExecutor(self.host_workers, "nd3d-host")
+                if self.host_workers else None)  # fmt: skip
+        pending: list[concurrent.futures.Future] = []
+        try:
+            for start in range(0, len(objects), self.batch_size):
+                end = start + self.batch_size
+                chunk = list(zip(objects[start:end], indices[start:end], strict=True))
+                finish = self._batch(chunk, seed, settings, on_stage, results, report)
+                if pool is None:
+                    for job in finish:
+                        job()
+                    continue
+                done_before, pending = pending, [pool.submit(job) for job in finish]
+                for f in done_before:  # at most two batches in flight (bounded memory)
+                    f.result()
+            for f in pending:
+                f.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return [results[obj.name] for obj in objects]
 
     def _read(self, obj: ObjectInput) -> tuple[np.ndarray | None, str | None]:
         obj.check()
@@ -234,14 +282,16 @@ class Generator:
             image = prepare_image(read_image(obj.image), c.size, c.object_fraction)
         return image, self.prior_kind(obj, image)
 
-    def _prepare(self, obj: ObjectInput, image, latent, seconds: dict) -> dict:
+    def _prepare(self, obj: ObjectInput, image, latent, seconds: dict, on_stage) -> dict:
         """Stages 1-3 of one object after its latent (host + one device)."""
         t = time.perf_counter()
         coarse = self.coarse(obj, latent)
         seconds["coarse"] = seconds.get("coarse", 0.0) + time.perf_counter() - t
+        on_stage(obj.name, "refine", STAGE_START["refine"])
         t = time.perf_counter()
         refined, losses = self.refine(coarse)
         seconds["refine"] = time.perf_counter() - t
+        on_stage(obj.name, "conditions", STAGE_START["conditions"])
         t = time.perf_counter()
         if image is None:  # text only: the model sees the coarse shape from the first view
             image = _front_view(coarse.mesh, self.model.cameras, self.config.image.size)
@@ -250,17 +300,25 @@ class Generator:
         return {"obj": obj, "image": image, "coarse": coarse.mesh, "refined": refined,
                 "example": example, "seconds": seconds, "losses": losses}  # fmt: skip
 
-    def _batch(self, chunk, seed: int):
+    def _batch(self, chunk, seed: int, settings: RequestSettings, on_stage, results, report):
+        """Stages 1-4 of a batch; returns one stage-5 job per sampled object (bake, fidelity,
+        then `report`). Objects that fail before are reported here."""
         base = jax.random.key(seed)
-        results, read = {}, []
+
+        def fail(obj, e):
+            results[obj.name] = _named_error(obj, e)
+            report("", results[obj.name])
+
+        read = []
         for obj, index in chunk:
             key = jax.random.fold_in(base, index)
+            on_stage(obj.name, "coarse", STAGE_START["coarse"])
             try:
                 t = time.perf_counter()
                 image, kind = self._read(obj)
                 read.append((obj, key, image, kind, {"coarse": time.perf_counter() - t}))
             except OBJECT_ERRORS as e:
-                results[obj.name] = _named_error(obj, e)
+                fail(obj, e)
         latents = {}
         for kind in ("image", "text"):  # Shap-E: each pipeline once for all its objects
             group = [r for r in read if r[3] == kind]
@@ -272,7 +330,7 @@ class Generator:
                 out = self.latents(kind, inputs, [jax.random.fold_in(r[1], 0) for r in group])
             except OBJECT_ERRORS as e:
                 for r in group:
-                    results[r[0].name] = _named_error(r[0], e)
+                    fail(r[0], e)
                 continue
             share = (time.perf_counter() - t) / len(group)
             for r, latent in zip(group, out, strict=True):
@@ -283,37 +341,51 @@ class Generator:
             if obj.name in results:
                 continue
             try:
-                p = self._prepare(obj, image, latents.get(obj.name), seconds)
+                p = self._prepare(obj, image, latents.get(obj.name), seconds, on_stage)
                 ready.append((p, jax.random.fold_in(key, 1)))
             except OBJECT_ERRORS as e:
+                fail(obj, e)
+        if not ready:
+            return []
+        for p, _ in ready:
+            on_stage(p["obj"].name, "multiview", STAGE_START["multiview"])
+        t = time.perf_counter()
+        keys = jnp.stack([k for _, k in ready])
+        sampled = self.model.sample([p["example"] for p, _ in ready], keys, self.batch_size,
+                                    settings.num_steps, settings.guidance)  # fmt: skip
+        per_object = (time.perf_counter() - t) / len(ready)
+        c = self.model.model_config
+        tex = self.texture_settings
+        if settings.texture_size:
+            tex = dataclasses.replace(tex, size=int(settings.texture_size))
+
+        def finish(i: int, p: dict):
+            obj = p["obj"]
+            try:
+                split = {k: np.asarray(grid_split(v[i], c.grid_rows, c.grid_cols))
+                         for k, v in sampled.items()}  # fmt: skip
+                p["seconds"]["multiview"] = per_object
+                if not np.isfinite(split["sample"]).all():
+                    raise FloatingPointError(
+                        "the model's views are not finite (NaN/inf): check its parameters"
+                    )
+                on_stage(obj.name, "bake", STAGE_START["bake"])
+                t = time.perf_counter()
+                mesh, texture, cover = self.bake(p["refined"], split["sample"], tex)
+                p["seconds"]["bake"] = time.perf_counter() - t
+                fidelity = refinement_fidelity(p["refined"], p["coarse"], FIDELITY_SAMPLES)
+                fidelity.update({f"texture_{k}": v for k, v in cover.items()})
+                results[obj.name] = Result(
+                    obj.name, obj, p["image"], p["coarse"], p["refined"], split["sample"],
+                    split["normals"], split["t_hat"], texture, cover["painted"], mesh,
+                    p["seconds"], self.model.cameras, p["losses"], fidelity, settings,
+                )  # fmt: skip
+            except OBJECT_ERRORS as e:
                 results[obj.name] = _named_error(obj, e)
-        if ready:
-            t = time.perf_counter()
-            keys = jnp.stack([k for _, k in ready])
-            sampled = self.model.sample([p["example"] for p, _ in ready], keys, self.batch_size)
-            per_object = (time.perf_counter() - t) / len(ready)
-            c = self.model.model_config
-            for i, (p, _) in enumerate(ready):
-                obj = p["obj"]
-                try:
-                    split = {k: np.asarray(grid_split(v[i], c.grid_rows, c.grid_cols))
-                             for k, v in sampled.items()}  # fmt: skip
-                    p["seconds"]["multiview"] = per_object
-                    if not np.isfinite(split["sample"]).all():
-                        raise FloatingPointError(
-                            "the model's views are not finite (NaN/inf): check its parameters"
-                        )
-                    t = time.perf_counter()
-                    mesh, texture, coverage = self.bake(p["refined"], split["sample"])
-                    p["seconds"]["bake"] = time.perf_counter() - t
-                    results[obj.name] = Result(
-                        obj.name, obj, p["image"], p["coarse"], p["refined"], split["sample"],
-                        split["normals"], split["t_hat"], texture, coverage, mesh, p["seconds"],
-                        self.model.cameras, p["losses"],
-                    )  # fmt: skip
-                except OBJECT_ERRORS as e:
-                    results[obj.name] = _named_error(obj, e)
-        return [results[obj.name] for obj, _ in chunk]
+            on_stage(obj.name, "files", STAGE_START["files"])
+            report(obj.name, results[obj.name])
+
+        return [functools.partial(finish, i, p) for i, (p, _) in enumerate(ready)]
 
 
 def _named_error(obj: ObjectInput, e: Exception) -> UserError:

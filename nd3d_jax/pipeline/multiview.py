@@ -121,7 +121,7 @@ class MultiView:
             grid_rows=c.grid_rows, grid_cols=c.grid_cols, tile_size=c.tile_size,
         )  # fmt: skip
         self.cameras = view_cameras(config.cameras, c.num_views, c.tile_size)
-        self._sample = None
+        self._sample: dict[int, object] = {}  # step count -> jitted sampler
 
     def _tokenizer(self):
         from data_pipelines.input_pipeline import tokenizer
@@ -162,23 +162,30 @@ class MultiView:
         return out
 
     # ------------------------------------------------------------------ sampling
-    def sample_fn(self):
-        """The jitted program: (params, batch, keys) -> {"sample", "normals", "t_hat"}."""
-        if self._sample is None:
-            stage, s, c = self.stage, self.config.sample, self.model_config
+    def sample_fn(self, num_steps: int | None = None):
+        """The jitted program (params, batch, keys, guidance) -> {"sample", "normals", "t_hat"}:
+        one per step count (a static shape); the guidance scale is traced, so changing it
+        compiles nothing."""
+        steps = int(num_steps or self.config.sample.num_steps)
+        if steps not in self._sample:
+            stage, c = self.stage, self.model_config
+            fixed = dict(self.config.sample)
 
-            def run(params, batch, keys):
+            def run(params, batch, keys, guidance):
                 normals, t_hat = render_conditions(batch, c)
+                s = _Sampler({**fixed, "num_steps": steps, "guidance": guidance})
                 out = stage.sample_views(params, batch, normals, t_hat, keys, s)
                 return {**out, "t_hat": t_hat}
 
             rows = NamedSharding(self.mesh, P(sharding.BATCH_AXES))
-            self._sample = jax.jit(run, out_shardings=rows)
-        return self._sample
+            self._sample[steps] = jax.jit(run, out_shardings=rows)
+        return self._sample[steps]
 
-    def sample(self, examples: list[dict], keys: jax.Array, batch_size: int) -> dict:
+    def sample(self, examples: list[dict], keys: jax.Array, batch_size: int,
+               num_steps: int | None = None, guidance: float | None = None) -> dict:  # fmt: skip
         """Samples `examples` (at most `batch_size`; padded to it so every call has one
-        shape) -> host arrays {"sample" (n, G, G, 3), "normals", "t_hat"} in [0, 1]."""
+        shape) -> host arrays {"sample" (n, G, G, 3), "normals", "t_hat"} in [0, 1].
+        `num_steps` / `guidance`: other than the config's `sample` section."""
         n = len(examples)
         if not 0 < n <= batch_size:
             raise ValueError(f"{n} examples for a batch of {batch_size}")
@@ -188,5 +195,12 @@ class MultiView:
         rows = NamedSharding(self.mesh, P(sharding.BATCH_AXES))
         batch = jax.device_put(batch, rows)
         keys = jax.device_put(keys, rows)
-        out = jax.device_get(self.sample_fn()(self.params, batch, keys))
-        return {k: v[:n] for k, v in out.items()}
+        g = self.config.sample.guidance if guidance is None else guidance
+        out = self.sample_fn(num_steps)(self.params, batch, keys, np.float32(g))
+        return {k: v[:n] for k, v in jax.device_get(out).items()}
+
+
+class _Sampler(dict):
+    """The sampler settings `sample_views` reads (`.num_steps`, `.guidance`, `.get`)."""
+
+    __getattr__ = dict.__getitem__

@@ -1,12 +1,18 @@
 """What `generate` writes for one object, into a folder that appears whole or not at all:
 
-mesh.glb                glTF 2.0: Y-up, PBR baseColorTexture, TEXCOORD_0, NORMAL
+mesh.glb                glTF 2.0: Y-up, PBR baseColorTexture, TEXCOORD_0, NORMAL (first)
 mesh.obj/.mtl/.png      the same mesh as OBJ + MTL + texture
 views.png               the K generated views (the model's grid)
 preview.png             the sheet: input | coarse | refined | conditions N, T_hat;
                         the K generated views; the textured mesh from 8 azimuths
-turntable.gif           the textured mesh turning once (a multiple of 8 frames)
-summary.json            the input, seconds per stage, mesh and texture stats, settings
+                        (`output.preview`, default on)
+turntable.gif           the textured mesh turning once (`output.turntable_frames`: 0 or a
+                        multiple of 8)
+summary.json            the input, seconds per stage, mesh and texture stats, fidelity
+                        (refined vs coarse, texture coverage), settings (last)
+
+The web demo writes the folder without the renders first (the viewer needs only the GLB) and
+adds them with `add_previews`.
 """
 
 from __future__ import annotations
@@ -15,17 +21,18 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
 from nd3d_jax.errors import UserError
-from nd3d_jax.metrics.views import render_textured
 from nd3d_jax.render.camera import pinhole, ring_poses
 from nd3d_jax.render.maps import grid_layout, to_uint8
 from nd3d_jax.render.preview import render_preview
 from nd3d_jax.texture import export_glb, export_obj
+from nd3d_jax.texture.views import render_textured
 
 PREVIEW_FOV = 0.8
 SUMMARY = "summary.json"
@@ -38,7 +45,7 @@ def is_done(folder: str) -> bool:
 
 def turntable(mesh, size: int, frames: int, elevation_deg: float = 20.0) -> np.ndarray:
     """(frames, size, size, 3) uint8 renders of the textured mesh on a ring (+Y up), by
-    `metrics.views.render_textured` (bucket-padded: meshes of similar size share a program)."""
+    `texture.views.render_textured` (bucket-padded: meshes of similar size share a program)."""
     v = np.asarray(mesh.vertices, np.float32)
     radius = float(np.linalg.norm(v, axis=1).max()) / math.sin(PREVIEW_FOV / 2) * 1.05
     poses = ring_poses(frames, radius, math.radians(elevation_deg), up_axis=1)
@@ -98,13 +105,31 @@ def summary(result, config) -> dict:
             "texture_size": int(result.texture.shape[0]),
             "coverage": round(result.coverage, 4),
         },  # fmt: skip
+        # refined vs coarse in the unit frame (metrics.fidelity), texture coverage (bake)
+        "fidelity": {
+            k: (float(f"{v:.4g}") if isinstance(v, float) else v)
+            for k, v in result.fidelity.items()
+        },  # fmt: skip
         "settings": config.to_dict() if hasattr(config, "to_dict") else dict(config),
     }
 
 
-def write_result(result, folder: str, config) -> dict[str, str]:
+def fidelity_line(fidelity: dict) -> str:
+    """One line for logs and the web demo's status: pieces, F1@0.01, texture coverage."""
+    if not fidelity:
+        return ""
+    return (
+        f"refined vs coarse: {fidelity['pieces_coarse']} -> {fidelity['pieces_refined']} "
+        f"pieces, F1@0.01 {fidelity['f1@0.01']:.3f}, Chamfer-L2 {fidelity['chamfer_l2']:.2g}; "
+        f"texture painted {fidelity['texture_painted']:.0%} "
+        f"({fidelity['texture_visible_painted']:.0%} of what the views see)"
+    )
+
+
+def write_result(result, folder: str, config, previews: bool = True) -> dict[str, str]:
     """Writes every file of one object into `folder` (through `folder.partial`, renamed when
-    complete, so a crash leaves no half-written object); returns {kind: path}."""
+    complete, so a crash leaves no half-written object); returns {kind: path}. `previews`:
+    also the preview sheet and turntable the config asks for (else `add_previews` later)."""
     o = config.output
     if o.turntable_frames < 0 or o.turntable_frames % 8:
         raise UserError(f"output.turntable_frames={o.turntable_frames}: use 0 or a multiple of 8")
@@ -112,7 +137,7 @@ def write_result(result, folder: str, config) -> dict[str, str]:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        _write_files(result, tmp, config)
+        _write_files(result, tmp, config, previews)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -125,24 +150,52 @@ def write_result(result, folder: str, config) -> dict[str, str]:
     return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))}
 
 
-def _write_files(result, tmp: str, config) -> None:
-    o = config.output
+def _write_files(result, tmp: str, config, previews: bool) -> None:
     export_glb(result.mesh, os.path.join(tmp, "mesh.glb"), up="y")
     export_obj(result.mesh, tmp, name="mesh")
     k = len(result.views)
     rows = int(math.isqrt(k)) if math.isqrt(k) ** 2 == k else 1
     Image.fromarray(to_uint8(grid_layout(jnp.asarray(result.views), rows))).save(
-        os.path.join(tmp, "views.png")
+        os.path.join(tmp, "views.png"), compress_level=1
     )
+    if previews:
+        _write_previews(result, tmp, config)
+    with open(os.path.join(tmp, SUMMARY), "w") as f:
+        json.dump(summary(result, config), f, indent=2)
+
+
+def _write_previews(result, folder: str, config) -> list[str]:
+    """preview.png and turntable.gif as `config.output` asks (each written whole, then
+    renamed into place); returns the names written."""
+    o = config.output
+    want_sheet = bool(o.get("preview", True))
+    if not want_sheet and o.turntable_frames == 0:
+        return []
     # one ring of renders: every (frames / 8)-th for the sheet, all of them for the GIF
     count = max(8, o.turntable_frames)
     frames = turntable(result.mesh, o.preview_size, count)
-    Image.fromarray(preview_sheet(result, o.preview_size, frames[:: count // 8])).save(
-        os.path.join(tmp, "preview.png")
-    )
+    written = []
+    if want_sheet:
+        sheet = Image.fromarray(preview_sheet(result, o.preview_size, frames[:: count // 8]))
+        _save_whole(lambda path: sheet.save(path, format="PNG", compress_level=1), folder,
+                    "preview.png")  # fmt: skip
+        written.append("preview.png")
     if o.turntable_frames > 0:
         images = [Image.fromarray(f) for f in frames]
-        images[0].save(os.path.join(tmp, "turntable.gif"), save_all=True,
-                       append_images=images[1:], duration=80, loop=0)  # fmt: skip
-    with open(os.path.join(tmp, SUMMARY), "w") as f:
-        json.dump(summary(result, config), f, indent=2)
+        _save_whole(lambda path: images[0].save(path, format="GIF", save_all=True,
+                                                append_images=images[1:], duration=80,
+                                                loop=0), folder, "turntable.gif")  # fmt: skip
+        written.append("turntable.gif")
+    return written
+
+
+def _save_whole(save: Callable[[str], None], folder: str, name: str) -> None:
+    tmp = os.path.join(folder, f".{name}.partial")
+    save(tmp)
+    os.replace(tmp, os.path.join(folder, name))
+
+
+def add_previews(result, folder: str, config) -> dict[str, str]:
+    """The preview sheet and turntable of a folder `write_result(previews=False)` wrote."""
+    _write_previews(result, folder, config)
+    return {name: os.path.join(folder, name) for name in sorted(os.listdir(folder))}

@@ -1,8 +1,9 @@
-"""The images the image metrics compare: a mesh rendered by our rasterizer at K cameras.
+"""Whole meshes rendered by our rasterizer at K cameras, unlit over white: a textured mesh (as
+`generate` writes it) or one with vertex colours (a ground truth, a baseline's output).
 
-The ground truth (a mesh with vertex colours) and the generated object (a textured mesh, as
-`generate` writes it) are drawn at the same cameras, both unlit over white, so the metrics see
-colour and shape, not two renderers. Arrays are padded to bucket sizes (`texture.atlas.bucket`):
+The turntable and preview sheet of `generate` and the images the metrics compare (`evaluate`
+draws the ground truth and the generated object at the same cameras, so the metrics see colour
+and shape, not two renderers) all come from here. Arrays are padded to bucket sizes (`texture.atlas.bucket`):
 meshes of similar size share one compiled program.
 """
 
