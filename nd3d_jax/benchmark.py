@@ -31,6 +31,7 @@ SUITES = {
     "train": "benchmarks.train",
     "prior": "benchmarks.prior",
     "generate": "benchmarks.generate",
+    "unwrap": "benchmarks.unwrap",
 }
 
 
@@ -55,6 +56,7 @@ class Record:
     ratio: float | None = None  # median_s / reference_median_s
     xla_flops: float | None = None  # XLA cost_analysis() of the compiled program
     analytic_flops: float | None = None  # counted by hand from the configuration
+    notes: str | None = None  # what else the suite measured (printed as a last column)
 
     def __post_init__(self):
         if self.reference_median_s and self.ratio is None:
@@ -85,8 +87,10 @@ def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:
 def markdown_table(records: list[Record]) -> str:
     head = "| name | device | shape | median ms | throughput | reference | ref ms | ratio |"
     flops = any(r.xla_flops or r.analytic_flops for r in records)
+    notes = any(r.notes for r in records)
     head += " GFLOP xla / analytic |" if flops else ""
-    rows = [head, "|" + "---|" * (9 if flops else 8)]
+    head += " notes |" if notes else ""
+    rows = [head, "|" + "---|" * (8 + flops + notes)]
     for r in records:
         tput = f"{r.throughput:.4g} {r.throughput_unit}" if r.throughput is not None else ""
         rows.append(
@@ -97,6 +101,7 @@ def markdown_table(records: list[Record]) -> str:
                 if flops
                 else ""
             )
+            + (f" {r.notes or ''} |" if notes else "")
         )
     return "\n".join(rows)
 

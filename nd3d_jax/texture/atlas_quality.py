@@ -98,13 +98,14 @@ def texel_spans(uvs: np.ndarray, faces: np.ndarray, size: int):
     face = np.repeat(np.arange(len(faces)), rows_per)
     row = np.arange(len(face)) - np.repeat(np.cumsum(rows_per) - rows_per - i0, rows_per)
     yc = row + 0.5
-    xl = a02[face] + yc * s02[face]
-    upper = yc < y1[face]
-    xs = np.where(upper, a01[face], a12[face]) + yc * np.where(upper, s01[face], s12[face])
-    j0 = np.clip(np.ceil(np.minimum(xl, xs) - 0.5), 0, size).astype(np.int64)  # [lo, hi)
-    j1 = np.clip(np.ceil(np.maximum(xl, xs) - 0.5), 0, size).astype(np.int64)
-    ok = j1 > j0
-    return row[ok], j0[ok], j1[ok], face[ok]
+    xl = np.repeat(a02, rows_per) + yc * np.repeat(s02, rows_per)
+    upper = yc < np.repeat(y1, rows_per)
+    xs = np.where(upper, np.repeat(a01, rows_per), np.repeat(a12, rows_per))
+    xs += yc * np.where(upper, np.repeat(s01, rows_per), np.repeat(s12, rows_per))
+    lo = np.clip(np.ceil(np.minimum(xl, xs) - 0.5), 0, size)  # columns: x_c in [lo, hi)
+    hi = np.clip(np.ceil(np.maximum(xl, xs) - 0.5), 0, size)
+    ok = hi > lo
+    return row[ok], lo[ok].astype(np.int64), hi[ok].astype(np.int64), face[ok]
 
 
 def accumulate_spans(row, j0, j1, size: int, values=None) -> np.ndarray:

@@ -30,6 +30,8 @@ its fragments and its wasted texels.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -41,12 +43,16 @@ SMOOTH_RINGS = 2  # rings of neighbours averaged into n~
 SMOOTHNESS = 0.4  # Potts weight: a face leaves its neighbours' label only for a better normal
 ICM_STEPS = 4
 MIN_COS = 0.2  # every face must face its chart's projection direction by this much
+CARVE_RINGS = 1  # rings of neighbours carved with the faces of a fold
+CREASE = np.radians(60)  # charts end at edges bent by more
 ANGLES = 8  # chart rotations tried, in [0, 90) degrees
 FILL_MIN = 0.4  # charts filling less of their box are cut (up to MAX_CUTS times)
 MAX_CUTS = 3
+SPARSE_BOX = 0.01  # ... and take more than this share of all boxes' area
 SLICES = 32  # slices per chart side where the cut is looked for
 ROUNDS = 12  # rounds of refinement and packing at most
 SMALL = 1e-4  # charts with less of the area join a neighbour where they can
+SMALL_BOX = 1 / 32  # charts with smaller boxes (share of the side) are packed on shelves
 
 
 def face_adjacency(faces: np.ndarray, num_vertices: int) -> np.ndarray:
@@ -185,22 +191,81 @@ def skyline_pack(cols, top, bottom, side: int, cell: int):
     ends = np.cumsum(cols)
     height = np.maximum.reduceat(bottom, ends - cols)
     corner = np.zeros((len(cols), 2))
-    for i in np.lexsort((-cols, -height)):
-        w = int(cols[i])
-        if w > n:
-            return corner, np.inf
-        t, b = top[ends[i] - w : ends[i]], bottom[ends[i] - w : ends[i]]
-        window = np.lib.stride_tricks.as_strided(sky, (n - w + 1, w), sky.strides * 2)
-        rest = np.max(window - t, axis=1)  # (positions,) where the chart would rest
+    if cols.max() > n:
+        return corner, np.inf
+    windows = {}  # per width, the (positions, width) view of the skyline
+    order = np.lexsort((-cols, -height)).tolist()
+    widths, stops = cols.tolist(), ends.tolist()
+    for i in order:
+        w, end = widths[i], stops[i]
+        window = windows.get(w)
+        if window is None:
+            window = np.lib.stride_tricks.as_strided(sky, (n - w + 1, w), sky.strides * 2)
+            windows[w] = window
+        rest = np.max(window - top[end - w : end], axis=1)  # where the chart would rest
         x = int(np.argmin(rest))
         y = max(float(rest[x]), 0.0)
-        sky[x : x + w] = np.maximum(sky[x : x + w], y + b)
+        seg = sky[x : x + w]
+        np.maximum(seg, y + bottom[end - w : end], out=seg)
         corner[i] = x * cell, y
     return corner, float(sky.max())
 
 
+def shelves(width, height, side: int):
+    """Boxes (B,) of integer texels, tallest first, on shelves `side` wide, the shelves cut
+    into blocks at most `side` high (a taller box gets a block of its own): per box its block
+    and corner in the block (B, 2), per block its height."""
+    order = np.argsort(-height, kind="stable")
+    w, h = width[order], height[order]
+    ends = np.cumsum(w)
+    corner = np.zeros((len(w), 2), np.int64)
+    block = np.zeros(len(w), np.int64)
+    blocks, top, start = [0], 0, 0
+    while start < len(w):
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + side, side="right")))
+        if top and top + h[start] > side:  # the shelf starts the next block
+            blocks.append(0)
+            top = 0
+        corner[start:stop, 0] = ends[start:stop] - w[start:stop] - base
+        corner[start:stop, 1] = top
+        block[start:stop] = len(blocks) - 1
+        top += int(h[start])
+        blocks[-1] = top
+        start = stop
+    out_corner, out_block = np.empty_like(corner), np.empty_like(block)
+    out_corner[order], out_block[order] = corner, block
+    return out_block, out_corner, np.asarray(blocks)
+
+
+def place(tri_lo, tri_hi, face_chart, ext, scale: float, size: int, cell: int, gap: int):
+    """Every chart's corner (C, 2) in texels at `scale`, and the height used. Small charts
+    (boxes under SMALL_BOX of the side) go on shelves in blocks first, and the blocks join the
+    skyline as rectangles: a few hundred fragments then cost a few skyline steps."""
+    cols, top, bottom = outlines(tri_lo, tri_hi, face_chart, ext, scale, cell, gap)
+    starts = np.cumsum(cols) - cols
+    width = np.ceil(ext[:, 0] * scale).astype(np.int64) + gap
+    height = np.ceil(np.maximum.reduceat(bottom, starts)).astype(np.int64)
+    small = (width <= SMALL_BOX * size) & (height <= SMALL_BOX * size)
+    if small.sum() < 16:
+        return skyline_pack(cols, top, bottom, size, cell)
+    side = int(4 * SMALL_BOX * size) // cell * cell
+    block, in_block, block_h = shelves(width[small], height[small], side)
+    big = np.flatnonzero(~small)
+    keep = np.repeat(~small, cols)
+    nb = len(block_h)
+    all_cols = np.concatenate([cols[big], np.full(nb, side // cell)])
+    all_top = np.concatenate([top[keep], np.zeros(nb * (side // cell))])
+    all_bottom = np.concatenate([bottom[keep], np.repeat(block_h, side // cell).astype(float)])
+    corner_all, used = skyline_pack(all_cols, all_top, all_bottom, size, cell)
+    corner = np.zeros((len(cols), 2))
+    corner[big] = corner_all[: len(big)]
+    corner[np.flatnonzero(small)] = corner_all[len(big) + block] + in_block
+    return corner, used
+
+
 def pack(tri_lo, tri_hi, face_chart, ext, size: int, padding: int):
-    """The largest texel density (texels per unit, to about 1%) at which the charts, `padding`
+    """The largest texel density (texels per unit, to about 2%) at which the charts, `padding`
     texels apart, fit the square, and each chart's corner (x, y down) in texels."""
     gap = max(padding, 1)
     cell = max(1, size // 256)
@@ -209,20 +274,18 @@ def pack(tri_lo, tri_hi, face_chart, ext, size: int, padding: int):
     low, high, best = 0.0, upper * 1.001, None
     scale = 0.85 * upper
     for _ in range(10):
-        corner, used = skyline_pack(
-            *outlines(tri_lo, tri_hi, face_chart, ext, scale, cell, gap), size, cell
-        )
+        corner, used = place(tri_lo, tri_hi, face_chart, ext, scale, size, cell, gap)
         if used <= size:
             low, best = scale, (scale, corner)
-            if used > 0.99 * size:
+            if used > 0.98 * size:
                 break
         else:
             high = scale
-        if best is not None and high < 1.01 * low:
+        if best is not None and high < 1.02 * low:
             break
         # the height used grows about like the scale squared: aim at the square's side,
         # inside the bracket
-        guess = scale * np.sqrt(size / used) * 0.997 if np.isfinite(used) else 0.7 * scale
+        guess = scale * np.sqrt(size / used) * 0.995 if np.isfinite(used) else 0.7 * scale
         scale = guess if low < guess < high else 0.5 * (low + high)
     if best is None:
         raise ValueError(f"{len(ext)} charts do not fit a {size}-texel square with padding {gap}")
@@ -237,7 +300,7 @@ def sparse_cut(chart, local, atlas_faces, ext, area):
     c = len(ext)
     centre = local[atlas_faces].mean(1)
     box = np.maximum(ext[:, 0] * ext[:, 1], 1e-30)
-    sparse = np.bincount(chart, area, c) < FILL_MIN * box
+    sparse = (np.bincount(chart, area, c) < FILL_MIN * box) & (box > SPARSE_BOX * box.sum())
     if not sparse.any():
         return None
     best, where = np.full(c, -1.0), np.zeros((c, 2))
@@ -289,6 +352,8 @@ def merge_pieces(chart, movable, pairs, unit, direction):
     dots[~np.any(unit[faces] != 0, axis=1)] = 1.0  # degenerate faces go anywhere
     ok = np.minimum.reduceat(dots, np.cumsum(n) - n) > MIN_COS
     cand, count = cand[ok], count[ok]
+    if len(cand) == 0:
+        return chart
     best = np.lexsort((-count, cand[:, 0]))  # per piece, the most shared edges first
     first = best[np.r_[True, cand[best[1:], 0] != cand[best[:-1], 0]]]
     target = np.arange(len(movable))
@@ -296,7 +361,7 @@ def merge_pieces(chart, movable, pairs, unit, direction):
     return np.unique(target[chart], return_inverse=True)[1]
 
 
-def fold_key(chart, folded, carved, depth, last: bool):
+def fold_key(chart, folded, carved, depth, pairs, last: bool):
     """(F,) key splitting the folded charts, and the faces carved: a chart folding for the
     first time loses its `folded` faces (the overlapping sheets) to pieces of their own; a
     carved chart folding again is cut at its median depth along its projection direction; in
@@ -305,6 +370,11 @@ def fold_key(chart, folded, carved, depth, last: bool):
     hit = np.zeros(n, bool)
     hit[folded] = True
     bad = np.unique(chart[folded])
+    if not last:  # the overlapping faces and their neighbours in the chart: whole strips
+        for _ in range(CARVE_RINGS):
+            same = chart[pairs[:, 0]] == chart[pairs[:, 1]]
+            grow = same & (hit[pairs[:, 0]] | hit[pairs[:, 1]])
+            hit[pairs[grow].reshape(-1)] = True
     again = bad[np.bincount(chart, carved, int(chart.max()) + 1)[bad] > 0]
     cut = np.isin(chart, again)
     median = np.zeros(int(chart.max()) + 1)
@@ -317,68 +387,106 @@ def fold_key(chart, folded, carved, depth, last: bool):
     return key, carve
 
 
-def unwrap_charts(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int):
-    """(source vertex (V,), atlas faces (F, 3), uvs (V, 2) in [0, 1], v down) of the mesh."""
-    v = np.asarray(vertices, np.float64)
-    f = np.asarray(faces, np.int64)
-    n = len(f)
-    normals = 0.5 * np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    unit = np.where(length > 1e-30, normals / np.maximum(length, 1e-30), 0.0)
-    centroid = v[f].mean(1)
-    pairs = face_adjacency(f, len(v))
-    label = face_labels(normals, unit, pairs)
-    chart = components(n, pairs, label[pairs[:, 0]] == label[pairs[:, 1]])
-    area = length[:, 0]
+@dataclasses.dataclass
+class Surface:
+    """The mesh as the unwrapper sees it, and what the refinement remembers per face."""
+
+    vertices: np.ndarray  # (V, 3) float64
+    faces: np.ndarray  # (F, 3) int64
+    normals: np.ndarray  # (F, 3) area-weighted
+    unit: np.ndarray  # (F, 3) unit normals, 0 for degenerate faces
+    pairs: np.ndarray  # (P, 2) faces sharing an edge
+    label: np.ndarray  # (F,) axis
+    carved: np.ndarray  # (F,) bool, carved out of a folded chart once
+    cuts: np.ndarray  # (F,) int, sparse cuts its charts went through
+
+    @classmethod
+    def of(cls, vertices, faces):
+        v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
+        normals = 0.5 * np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+        length = np.linalg.norm(normals, axis=1, keepdims=True)
+        unit = np.where(length > 1e-30, normals / np.maximum(length, 1e-30), 0.0)
+        pairs = face_adjacency(f, len(v))
+        label = face_labels(normals, unit, pairs)
+        n = len(f)
+        return cls(v, f, normals, unit, pairs, label, np.zeros(n, bool), np.zeros(n, np.int64))
+
+    def directions(self, chart):
+        return chart_directions(chart, int(chart.max()) + 1, self.normals, self.unit, self.label)
+
+    def depth(self, chart, direction):
+        return np.sum(self.vertices[self.faces].mean(1) * direction[chart], axis=1)
+
+    def connect(self, key):
+        return components(len(key), self.pairs, key[self.pairs[:, 0]] == key[self.pairs[:, 1]])
+
+
+def initial_charts(s: Surface) -> np.ndarray:
+    """Components of equally labelled faces, not across creases (normals more than CREASE
+    apart; degenerate faces join), the SMALL ones joined to a neighbour where they can."""
+    a, b = s.unit[s.pairs[:, 0]], s.unit[s.pairs[:, 1]]
+    flat = (np.sum(a * b, axis=1) > np.cos(CREASE)) | ~np.any(a != 0, 1) | ~np.any(b != 0, 1)
+    same = s.label[s.pairs[:, 0]] == s.label[s.pairs[:, 1]]
+    chart = components(len(s.faces), s.pairs, same & flat)
+    area = np.linalg.norm(s.normals, axis=1)
     small = np.bincount(chart, area) < SMALL * area.sum()
-    direction = chart_directions(chart, len(small), normals, unit, label)
-    chart = merge_pieces(chart, small, pairs, unit, direction)
-    carved = np.zeros(n, bool)
-    cuts = np.zeros(n, np.int64)
+    return merge_pieces(chart, small, s.pairs, s.unit, s.directions(chart))
 
-    def recut(chart, key, touched):
-        """New charts by `key`, and the faces of every chart that changed (to refine next)."""
-        old = np.isin(chart, chart[touched])
-        new = components(n, pairs, key[pairs[:, 0]] == key[pairs[:, 1]])
-        return new, np.flatnonzero(np.isin(new, new[old]))
 
+def refine(s: Surface, chart, direction, sub, scale, size: int, last: bool):
+    """Step 3 on the charts of the faces `sub` at texel density `scale` (None: about what the
+    packing will find): (the new charts and the faces of those that changed, the density), or
+    (None, the projection of every chart, the density) when no chart changed."""
+    ids, sub_chart = np.unique(chart[sub], return_inverse=True)
+    projected = project(s.vertices, s.faces[sub], sub_chart, direction[ids])
+    _, _, local, sub_faces, ext = projected
+    if scale is None:
+        scale = 0.8 * size / np.sqrt(np.sum(ext[:, 0] * ext[:, 1]))
+    n = len(chart)
+    touched = np.zeros(n, bool)
+    key = chart * 2
+    area = np.abs(np.sum(s.normals[sub] * direction[chart[sub]], axis=1))
+    side = sparse_cut(sub_chart, local, sub_faces, ext, area)
+    if side is not None:
+        side &= s.cuts[sub] < MAX_CUTS
+        key[sub] += side
+        s.cuts[sub] += side
+        touched[sub[side]] = True
+    grid = int(np.ceil(scale * ext.max())) + 2  # the charts at the density, each on its own
+    folded = sub[folded_faces(local * (scale / grid), sub_faces, sub_chart, grid)]
+    if len(folded):
+        fkey, carve = fold_key(chart, folded, s.carved, s.depth(chart, direction), s.pairs, last)
+        s.carved |= carve
+        key = key * (4 * n + 8) + fkey + n  # both cuts at once
+        touched[folded] = True
+    if not touched.any():
+        return None, projected if len(sub) == n else None, scale
+    changed = np.isin(chart, chart[touched])
+    chart = s.connect(key)
+    return (chart, np.flatnonzero(np.isin(chart, chart[changed]))), None, scale
+
+
+def unwrap_charts(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int):
+    """(source vertex (V,), atlas faces (F, 3), uvs (V, 2) in [0, 1], v down) of the mesh.
+
+    After ROUNDS rounds of refinement and packing the atlas is returned as it is (a mesh
+    whose folds survive that many cuts is made of coincident sheets: none seen so far)."""
+    s = Surface.of(vertices, faces)
+    n = len(s.faces)
+    chart = initial_charts(s)
     sub, scale = np.arange(n), None  # the faces of the charts to refine; the last density
     for step in range(ROUNDS):
-        direction = chart_directions(chart, int(chart.max()) + 1, normals, unit, label)
-        fresh = False
-        last = step >= ROUNDS - 3
-        if len(sub) and step < ROUNDS - 1:  # step 3 on the changed charts
-            ids, sub_chart = np.unique(chart[sub], return_inverse=True)
-            projected = project(v, f[sub], sub_chart, direction[ids])
-            fresh = len(sub) == n  # of every chart, as they are
-            _, _, local, sub_faces, ext = projected
-            area = np.abs(np.sum(normals[sub] * direction[chart[sub]], axis=1))
-            touched = np.zeros(n, bool)
-            key = chart * 2
-            side = sparse_cut(sub_chart, local, sub_faces, ext, area)
-            if side is not None:
-                side &= cuts[sub] < MAX_CUTS
-                key[sub] += side
-                cuts[sub] += side
-                touched[sub[side]] = True
-            if scale is None:  # before the first packing: about the density it will find
-                scale = 0.8 * size / np.sqrt(np.sum(ext[:, 0] * ext[:, 1]))
-            if True:  # folds show at about the packed density
-                grid = int(np.ceil(scale * ext.max())) + 2
-                folded = sub[folded_faces(local * (scale / grid), sub_faces, sub_chart, grid)]
-                if len(folded):
-                    depth = np.sum(centroid * direction[chart], axis=1)
-                    fkey, now = fold_key(chart, folded, carved, depth, last)
-                    carved |= now
-                    key = key * (4 * n + 8) + fkey + n  # both cuts at once
-                    touched[folded] = True
-            if touched.any():
-                chart, sub = recut(chart, key, touched)
+        direction = s.directions(chart)
+        projected = None
+        if len(sub) and step < ROUNDS - 1:
+            out, projected, scale = refine(s, chart, direction, sub, scale, size,
+                                           last=step >= ROUNDS - 3)  # fmt: skip
+            if out is not None:
+                chart, sub = out
                 continue
-        if not fresh:
-            projected = project(v, f, chart, direction)
+        if projected is None:
+            projected = project(s.vertices, s.faces, chart, direction)
         src, vc, local, atlas_faces, ext = projected
-        sub = np.zeros(0, np.int64)
         tri = local[atlas_faces]
         scale, corner = pack(tri.min(1), tri.max(1), chart, ext, size, padding)
         uvs = (local * scale + corner[vc] + 0.5 * max(padding, 1)) / size
@@ -386,10 +494,10 @@ def unwrap_charts(vertices: np.ndarray, faces: np.ndarray, size: int, padding: i
         folded = folded_faces(uvs, atlas_faces, chart, size)  # on the final texel grid
         if len(folded) == 0 or step == ROUNDS - 1:
             break
-        depth = np.sum(centroid * direction[chart], axis=1)
-        key, now = fold_key(chart, folded, carved, depth, last)
-        carved |= now
-        touched = np.zeros(n, bool)
-        touched[folded] = True
-        chart, sub = recut(chart, key, touched)
+        key, carve = fold_key(chart, folded, s.carved, s.depth(chart, direction), s.pairs,
+                              last=step >= ROUNDS - 3)  # fmt: skip
+        s.carved |= carve
+        changed = np.isin(chart, chart[folded])
+        chart = s.connect(key)
+        sub = np.flatnonzero(np.isin(chart, chart[changed]))
     return src, atlas_faces, uvs
