@@ -9,7 +9,9 @@ mesh's normals, packed into the square texture. Vectorised numpy + scipy, linear
    with n~_f the area-weighted normal smoothed over `SMOOTH_RINGS` rings of neighbours;
    labels whose axis the face's own normal does not face (n_f . d_k <= MIN_COS) are
    forbidden, so every face projects with positive area.
-2. Charts: edge-connected components of equally labelled faces; each is projected onto the
+2. Charts: edge-connected components of equally labelled faces that do not cross creases
+   (normals more than CREASE apart), those under SMALL of the area joined to a neighbour
+   whose direction all their faces face; each is projected onto the
    plane of its area-weighted mean normal (the label's axis where that would tilt one of its
    faces past MIN_COS) and turned to its smallest bounding box among `ANGLES` rotations, then
    by the quarter turn that leaves the least room above its outline.
@@ -17,11 +19,16 @@ mesh's normals, packed into the square texture. Vectorised numpy + scipy, linear
    top and legs of a table seen from the front) is cut across where the filled share of its
    slices jumps; a chart folding over itself (two sheets facing the same way: rasterised by
    `atlas_quality.texel_spans`, a texel centre inside two of its faces) first loses the
-   overlapping faces to charts of their own, and if it folds again is cut at its median depth.
+   overlapping faces and CARVE_RINGS rings around them to charts of their own, and if it
+   folds again is cut at its median depth (in the last rounds the overlapping faces become
+   one chart each).
 4. Packing: every chart's outline (per column of the packer, the rows its triangles and
    `padding` texels around them reach), tallest first, each where it rests highest on the
-   skyline of those before (then leftmost); one texel density for all charts, the largest
-   that fits the square. The packed atlas is checked for folds once more at its texels.
+   skyline of those before (then leftmost); charts under SMALL_BOX of the side first go on
+   shelves in blocks that join the skyline as rectangles. One texel density for all charts,
+   the largest that fits the square (to 2%). The packed atlas is checked for folds once more
+   on its own texel grid (charts are packed apart, so a texel inside two faces is a fold), and
+   what folds there is refined and packed again.
 
 Stable Fast 3D's box-projection unwrapper (6 axes, projected and packed as boxes) is the model
 for speed; the per-chart planes, the Potts smoothing and the outline packing cut its stretch,
