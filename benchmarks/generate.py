@@ -5,7 +5,8 @@ Each measurement is `benchmarks/gpu_generate.py --quick` in its own process (the
 device count is fixed when JAX starts): coarse meshes given, the tiny config's refinement,
 sampler and 128-texel bake. Per stage: seconds per object of a warm batch of 1; throughput:
 objects/s of a warm batch of 8, the multi-view program's batch on the data axis of 8 devices
-vs 1 (the host stages run one object at a time either way).
+vs 1 (the host stages run one object at a time either way). The `unwrap` suite's rows come
+first: UV unwrapping by ours beside xatlas on the same meshes (benchmarks/unwrap.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import unwrap
 from nd3d_jax.benchmark import BenchOptions, Record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,10 +36,10 @@ def _run(devices: int, batch: int) -> dict:
 
 
 def suite(opts: BenchOptions) -> list[Record]:
-    del opts  # each run is one warm batch after a compiling one
+    unwrapping = unwrap.suite(opts)  # the rest: each run is one warm batch after a compiling one
     device = "cpu: 8 simulated devices"
     one = _run(1, 1)["runs"]["batch_1"]
-    records = [
+    records = unwrapping + [
         Record(f"generate_stage_{stage}", device, "tiny, 1 object", seconds, 1)
         for stage, seconds in one["stages"].items()
     ]

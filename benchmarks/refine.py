@@ -93,7 +93,10 @@ def suite(opts: BenchOptions) -> list[Record]:
                     shape=f"R={settings.resolution}, {len(result.mesh.faces)} faces",
                     median_s=times[-1],
                     repeats=1,
-                    extra={k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in fid.items()},
+                    notes=", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in fid.items()
+                    ),  # fmt: skip
                 )
             )
     return records

@@ -32,6 +32,7 @@ SUITES = {
     "prior": "benchmarks.prior",
     "generate": "benchmarks.generate",
     "refine": "benchmarks.refine",
+    "unwrap": "benchmarks.unwrap",
 }
 
 
@@ -56,7 +57,7 @@ class Record:
     ratio: float | None = None  # median_s / reference_median_s
     xla_flops: float | None = None  # XLA cost_analysis() of the compiled program
     analytic_flops: float | None = None  # counted by hand from the configuration
-    extra: dict | None = None  # other measured numbers (fidelity, counts), shown as k=v
+    notes: str | None = None  # what else the suite measured (printed as a last column)
 
     def __post_init__(self):
         if self.reference_median_s and self.ratio is None:
@@ -87,10 +88,10 @@ def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:
 def markdown_table(records: list[Record]) -> str:
     head = "| name | device | shape | median ms | throughput | reference | ref ms | ratio |"
     flops = any(r.xla_flops or r.analytic_flops for r in records)
+    notes = any(r.notes for r in records)
     head += " GFLOP xla / analytic |" if flops else ""
-    extra = any(r.extra for r in records)
-    head += " other |" if extra else ""
-    rows = [head, "|" + "---|" * (8 + flops + extra)]
+    head += " notes |" if notes else ""
+    rows = [head, "|" + "---|" * (8 + flops + notes)]
     for r in records:
         tput = f"{r.throughput:.4g} {r.throughput_unit}" if r.throughput is not None else ""
         rows.append(
@@ -101,11 +102,7 @@ def markdown_table(records: list[Record]) -> str:
                 if flops
                 else ""
             )
-            + (
-                " " + ", ".join(f"{k}={v}" for k, v in (r.extra or {}).items()) + " |"
-                if extra
-                else ""
-            )
+            + (f" {r.notes or ''} |" if notes else "")
         )
     return "\n".join(rows)
 

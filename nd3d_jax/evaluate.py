@@ -88,8 +88,8 @@ def evaluate(config: ml_collections.ConfigDict, generated: str, out: str, suite=
 
     from data_pipelines.export_examples import example_mesh, shape_examples
     from nd3d_jax.metrics.suite import MetricSuite, mean_of
-    from nd3d_jax.texture.views import load_mesh_file, render_colored, render_mesh
     from nd3d_jax.pipeline.multiview import view_cameras
+    from nd3d_jax.texture.views import load_mesh_file, render_colored, render_mesh
 
     d, t0 = config.data, time.perf_counter()
     examples = shape_examples(d.data_dir, d.dataset, d.config_name, d.split, d.count)

@@ -30,6 +30,7 @@ from nd3d_jax.texture import (
     textured_trimesh,
     unwrap,
 )
+from nd3d_jax.texture.atlas_quality import atlas_quality
 from tests.gltf_validator import assert_valid_glb
 
 SIZE, PIXELS, FOV, RADIUS = 256, 128, 0.8, 2.2
@@ -70,7 +71,7 @@ def sphere_bake():
     colours = colour(np.asarray(mesh.vertices)).astype(np.float32)
     cams = cameras(4)
     views, masks = render_colours(cams, mesh.vertices, mesh.faces, colours)
-    atlas, base = unwrap(mesh, SETTINGS)
+    atlas, base = unwrap(mesh, SETTINGS)  # ours ("charts"); test_xatlas_round_trip: xatlas
     assert base is mesh  # under max_faces: no decimation
     # A wrong fill (mid grey): the round trip must come from the views, not from the fill.
     result = bake(atlas, cams, views, np.full((len(atlas.vertices), 3), 0.5), SETTINGS)
@@ -91,6 +92,20 @@ def test_round_trip_psnr(sphere_bake):
     mesh = sphere_bake["mesh"]
     truth, novel_mask = render_colours(novel, mesh.vertices, mesh.faces, sphere_bake["colours"])
     assert psnr(np.asarray(render_views(novel, *arrays)), truth, novel_mask) >= 25.0
+
+
+def test_xatlas_round_trip(sphere_bake):
+    """The same bake through xatlas's atlas (`texture.unwrapper="xatlas"`; the fixture's atlas
+    is ours): the same fidelity, no texel claimed by two charts."""
+    settings = dataclasses.replace(SETTINGS, unwrapper="xatlas")
+    mesh, cams, views = sphere_bake["mesh"], sphere_bake["cams"], sphere_bake["views"]
+    atlas, _ = unwrap(mesh, settings)
+    quality = atlas_quality(atlas.vertices, atlas.faces, atlas.uvs, SIZE)
+    assert quality.overlap_texels == quality.fold_texels == quality.degenerate_faces == 0
+    tex = np.asarray(bake(atlas, cams, views, np.full((len(atlas.vertices), 3), 0.5), settings)
+                     .texture)  # fmt: skip
+    again = np.asarray(render_views(cams, atlas.vertices, atlas.faces, atlas.uvs, tex))
+    assert psnr(again, views, sphere_bake["masks"]) >= 30.0
 
 
 def test_render_textured_texel_grid():
@@ -243,6 +258,7 @@ def test_decimation_before_unwrap():
     "bad",
     [
         dict(size=8),
+        dict(unwrapper="blender"),
         dict(padding=-1),
         dict(max_faces=10),
         dict(cos_power=-1.0),

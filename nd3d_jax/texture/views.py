@@ -3,8 +3,8 @@
 
 The turntable and preview sheet of `generate` and the images the metrics compare (`evaluate`
 draws the ground truth and the generated object at the same cameras, so the metrics see colour
-and shape, not two renderers) all come from here. Arrays are padded to bucket sizes (`texture.atlas.bucket`):
-meshes of similar size share one compiled program.
+and shape, not two renderers) all come from here. Arrays are padded to bucket sizes
+(`texture.atlas.bucket`): meshes of similar size share one compiled program.
 """
 
 from __future__ import annotations
