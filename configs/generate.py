@@ -47,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # each object's key: fold_in(key(seed), its line number)
     c.params = ""  # the trainer WORKDIR (params_final/ or checkpoints/, config.json); --params
     c.batch_size = 8  # objects per multi-view sampling program (rounded up to the devices)
+    # threads that bake and write one batch while the device samples the next (0: none)
+    c.host_workers = 2
     c.mesh = ml_collections.ConfigDict(dict(num_devices=0))  # 0: every local device
 
     # the input photo: RGBA is cropped to its alpha and framed like the training renders
@@ -85,8 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # M4: texture baking
     c.texture = ml_collections.ConfigDict(dataclasses.asdict(TextureSettings()))
 
-    # preview sheet cells (px); turntable frames: 0 (no GIF) or a multiple of 8
-    c.output = ml_collections.ConfigDict(dict(preview_size=256, turntable_frames=24))
+    # the preview sheet (on/off, cells in px); turntable frames: 0 (no GIF) or a multiple of 8;
+    # mesh.glb, mesh.obj, views.png and summary.json are always written
+    c.output = ml_collections.ConfigDict(dict(preview=True, preview_size=256, turntable_frames=24))
 
     if a.variant in ("demo", "tiny"):
         c.params = "out/demo"

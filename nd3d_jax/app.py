@@ -6,8 +6,10 @@ a viewer, a zip of GLB + OBJ/MTL/PNG to download and the preview sheet.
         [--host=127.0.0.1] [--port=7860] [--out=DIR] [--warmup=true] [--config.a.b=v]
 
 --params is the trainer WORKDIR (default: out/demo, which `make demo` writes). The pipeline
-(`nd3d_jax.pipeline.Generator`) is loaded once; the page runs its stages one by one (prior,
-refinement, multi-view diffusion, baking, export) and shows which one is running. Requests are
+(`nd3d_jax.pipeline.Generator`) is loaded once and each request goes through
+`Generator.generate` with the request's settings, its stage callback naming the stage that runs
+(prior, refinement, multi-view diffusion, baking, export); the viewer shows the GLB as soon as
+it is written, the preview sheet and the zip follow. Requests are
 queued and served one at a time (the page shows the queue position). Every compiled program is
 cached for the server's lifetime: guidance and seed are traced arguments (no recompilation);
 sampling steps and texture size change static shapes, so each is one of three choices, each
@@ -32,13 +34,9 @@ import zipfile
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from nd3d_jax import config_cli, sharding
+from nd3d_jax import config_cli
 from nd3d_jax.config_check import Bool, Int, Path
 from nd3d_jax.errors import UserError
 
@@ -56,6 +54,15 @@ FLAGS = {
 # a lowered XLA program: one per jit cache miss (persistent-cache hits included)
 LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 STAGE_NAMES = ("prior", "refine", "conditions", "multiview", "bake", "export")
+# the page's words for the Generator's stages (`on_stage`)
+STAGE_TEXT = {
+    "coarse": "1/5 prior: the coarse shape (Shap-E or the given mesh)",
+    "refine": "2/5 refinement: the coarse field on the tet grid, SDF MLP correction",
+    "conditions": "2/5 refinement: the model's conditions",
+    "multiview": "3/5 multi-view diffusion",
+    "bake": "4/5 texture baking",
+    "files": "5/5 export: GLB, OBJ",
+}
 
 
 def _log(msg: str) -> None:
@@ -97,27 +104,26 @@ class Request:
 class Output:
     folder: str  # write_result's files: mesh.glb, mesh.obj/.mtl, textures, preview.png, ...
     glb: str
-    zip: str
-    preview: str
     seconds: dict[str, float]
     compiles: int  # XLA programs lowered while serving this request
-    coverage: float
-    faces: int
+    result: object  # the Generator's Result
+    request: Request
+    zip: str | None = None  # with the preview sheet: after `Runner.previews`
+    preview: str | None = None
 
-    def markdown(self, request: Request) -> str:
+    def markdown(self) -> str:
+        from nd3d_jax.pipeline.outputs import fidelity_line
+
+        r, res = self.request, self.result
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        what = "Done" if self.preview else "Object ready, making the preview sheet"
         return (
-            f"**Done in {sum(self.seconds.values()):.1f} s** ({stages}).  \n"
-            f"{self.faces} faces, texture {request.texture_size} px, {self.coverage:.0%} of it "
-            f"painted from the views; seed {request.seed}, guidance {request.guidance:g}, "
-            f"{request.steps} steps; new XLA programs compiled: {self.compiles}."
+            f"**{what} in {sum(self.seconds.values()):.1f} s** ({stages}).  \n"
+            f"{len(res.mesh.faces)} faces, texture {r.texture_size} px; "
+            f"{fidelity_line(res.fidelity)}.  \n"
+            f"Seed {r.seed}, guidance {r.guidance:g}, {r.steps} steps; new XLA programs "
+            f"compiled: {self.compiles}."
         )
-
-
-class _Sample(dict):
-    """The sampler settings `sample_views` reads (`.num_steps`, `.guidance`, `.get`)."""
-
-    __getattr__ = dict.__getitem__
 
 
 def choices(default: int, low: int, high: int) -> list[int]:
@@ -126,22 +132,20 @@ def choices(default: int, low: int, high: int) -> list[int]:
 
 
 class Runner:
-    """The loaded pipeline, run stage by stage for one object per request (thread-safe: one
-    request at a time)."""
+    """The loaded pipeline serving one request at a time (thread-safe)."""
 
     def __init__(self, config: ml_collections.ConfigDict, log: Callable[[str], None] = _log):
         from nd3d_jax.pipeline.generator import Generator
 
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.batch_size = 1  # one object a request (padded to the data axis)
+        config.host_workers = 0  # the request's thread bakes it
         self.config, self.log = config, log
         self.counter = CompileCounter()
         self.gen = Generator(config, log=log)
-        model = self.gen.model
-        self.batch_size = self.gen.mesh.size  # one object, padded to the data axis
-        self.rows = NamedSharding(self.gen.mesh, P(sharding.BATCH_AXES))
-        num_train = int(model.stage.schedule.num_train_timesteps)
+        num_train = int(self.gen.model.stage.schedule.num_train_timesteps)
         self.step_choices = choices(int(config.sample.num_steps), 1, num_train)
         self.texture_choices = choices(int(config.texture.size), 64, 4096)
-        self._sample_fns: dict[int, Callable] = {}
         self._lock = threading.Lock()
         self.history: list[dict] = []  # per request: id, compiles, seconds, start and end times
 
@@ -179,42 +183,6 @@ class Runner:
         if not (math.isfinite(r.guidance) and 0 <= r.guidance <= 100):
             raise UserError(f"guidance must be in [0, 100], got {r.guidance}")
 
-    # ------------------------------------------------------------------ stage 4
-    def sample_fn(self, steps: int) -> Callable:
-        """(params, batch, keys, guidance) -> {"sample", "normals", "t_hat"}: one program per
-        step count; the guidance scale is traced, so changing it compiles nothing."""
-        if steps not in self._sample_fns:
-            from nd3d_jax.stages.neurodiff3d import render_conditions
-
-            model = self.gen.model
-            stage, mc = model.stage, model.model_config
-            fixed = dict(self.config.sample)
-
-            def run(params, batch, keys, guidance):
-                normals, t_hat = render_conditions(batch, mc)
-                s = _Sample({**fixed, "num_steps": steps, "guidance": guidance})
-                out = stage.sample_views(params, batch, normals, t_hat, keys, s)
-                return {**out, "t_hat": t_hat}
-
-            self._sample_fns[steps] = jax.jit(run, out_shardings=self.rows)
-        return self._sample_fns[steps]
-
-    def sample(self, example: dict, key: jax.Array, steps: int, guidance: float) -> dict:
-        """One object's K-view grid (host arrays, [0, 1]); the batch is the object repeated
-        over the data axis, as `MultiView.sample` pads."""
-        n = self.batch_size
-        batch = jax.device_put({k: np.stack([v] * n) for k, v in example.items()}, self.rows)
-        keys = jax.device_put(jnp.stack([key] * n), self.rows)
-        fn = self.sample_fn(steps)
-        out = fn(self.gen.model.params, batch, keys, np.float32(guidance))
-        return {k: np.asarray(v)[0] for k, v in jax.device_get(out).items()}
-
-    # ------------------------------------------------------------------ stage 5
-    def bake(self, refined, views: np.ndarray, size: int):
-        """`Generator.bake` at a chosen texture size (each size compiles once)."""
-        return self.gen.bake(refined, views, dataclasses.replace(self.gen.texture_settings,
-                                                                 size=size))  # fmt: skip
-
     def request_config(self, r: Request) -> ml_collections.ConfigDict:
         """The config with the request's settings (for summary.json)."""
         c = ml_collections.ConfigDict(self.config.to_dict())
@@ -222,13 +190,17 @@ class Runner:
         c.texture.size = r.texture_size
         return c
 
-    # ------------------------------------------------------------------ all stages
-    def run(self, r: Request, folder: str, progress: Callable[[float, str], None] | None = None):
-        """Generates one object into `folder` (+ `folder`.zip), stage by stage, reporting each
-        (fraction done, stage) to `progress`. Keys as `Generator.generate(seed=r.seed)`."""
+    # ------------------------------------------------------------------ a request
+    def run(self, r: Request, folder: str, progress: Callable[[float, str], None] | None = None,
+            previews: bool = True) -> Output:  # fmt: skip
+        """Generates one object into `folder` through `Generator.generate` (its stages reported
+        to `progress` as (fraction done, words)); the GLB first, then (`previews`, else call
+        `previews()`) the preview sheet, turntable and zip. Keys as `generate --seed`."""
         with self._lock:
             start, began = self.counter.count, time.time()
             out = self._run(r, folder, progress or (lambda f, d: None))
+            if previews:
+                self._previews(out)
             out.compiles = self.counter.count - start
             self.history.append({"id": len(self.history), "compiles": out.compiles,
                                  "seconds": out.seconds, "guidance": r.guidance,
@@ -238,72 +210,48 @@ class Runner:
                      f"{out.compiles} programs compiled")  # fmt: skip
             return out
 
+    def previews(self, out: Output) -> Output:
+        """The preview sheet, turntable and zip of a `run(previews=False)` output."""
+        with self._lock:
+            start = self.counter.count
+            self._previews(out)
+            out.compiles += self.counter.count - start
+            self.history[-1].update(compiles=out.compiles, seconds=out.seconds)
+            return out
+
     def _run(self, r: Request, folder: str, progress) -> Output:
-        from nd3d_jax.pipeline.generator import Result, _front_view
-        from nd3d_jax.pipeline.inputs import ObjectInput, prepare_image, read_image
+        from nd3d_jax.pipeline.generator import RequestSettings
         from nd3d_jax.pipeline.outputs import write_result
-        from nd3d_jax.render.maps import grid_split
 
         self.check(r)
-        gen, c, seconds = self.gen, self.config, {}
-        obj = ObjectInput("object", r.image, r.text, r.coarse_mesh)
-        key = jax.random.fold_in(jax.random.key(r.seed), 0)
+
+        def on_stage(_name, stage, fraction):
+            progress(fraction, STAGE_TEXT[stage] + (
+                f": {r.steps} steps" if stage == "multiview" else
+                f": {r.texture_size} px" if stage == "bake" else ""))  # fmt: skip
+
+        settings = RequestSettings(r.steps, float(r.guidance), r.texture_size)
+        result = self.gen.generate(r.image, r.text, r.coarse_mesh, "object", r.seed, settings,
+                                   on_stage)  # fmt: skip
+        seconds = {STAGE_NAMES[0] if k == "coarse" else k: v for k, v in result.seconds.items()}
         t = time.perf_counter()
-        progress(0.0, "1/5 prior: reading the inputs")
-        image = None
-        if obj.image:
-            image = prepare_image(read_image(obj.image), c.image.size, c.image.object_fraction)
-        kind = gen.prior_kind(obj, image)
-        latent = None
-        if kind:
-            progress(0.02, f"1/5 prior: Shap-E from the {kind}")
-            given = image if kind == "image" else obj.text
-            latent = gen.latents(kind, [given], [jax.random.fold_in(key, 0)])[0]
-        else:
-            progress(0.02, "1/5 prior: the given coarse mesh")
-        coarse = gen.coarse(obj, latent)
-        seconds["prior"] = time.perf_counter() - t
+        files = write_result(result, folder, self.request_config(r), previews=False)
+        seconds["export"] = time.perf_counter() - t
+        progress(0.9, "the preview sheet")
+        return Output(folder, files["mesh.glb"], seconds, 0, result, r)
+
+    def _previews(self, out: Output) -> None:
+        from nd3d_jax.pipeline.outputs import add_previews
 
         t = time.perf_counter()
-        progress(0.2, "2/5 refinement: SDF MLP + deformable tet grid")
-        refined, losses = gen.refine(coarse)
-        seconds["refine"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if image is None:  # text only: the model sees the coarse shape from the first view
-            image = _front_view(coarse.mesh, gen.model.cameras, c.image.size)
-        example = gen.model.example(refined, image, obj.text)
-        seconds["conditions"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        progress(0.4, f"3/5 multi-view diffusion: {r.steps} steps")
-        sampled = self.sample(example, jax.random.fold_in(key, 1), r.steps, r.guidance)
-        mc = gen.model.model_config
-        split = {k: np.asarray(grid_split(v, mc.grid_rows, mc.grid_cols))
-                 for k, v in sampled.items()}  # fmt: skip
-        if not np.isfinite(split["sample"]).all():
-            raise FloatingPointError("the model's views are not finite (NaN/inf)")
-        seconds["multiview"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        progress(0.7, f"4/5 texture baking: {r.texture_size} px")
-        mesh, texture, coverage = self.bake(refined, split["sample"], r.texture_size)
-        seconds["bake"] = time.perf_counter() - t
-        result = Result(obj.name, obj, image, coarse.mesh, refined, split["sample"],
-                        split["normals"], split["t_hat"], texture, coverage, mesh, dict(seconds),
-                        gen.model.cameras, losses)  # fmt: skip
-
-        t = time.perf_counter()
-        progress(0.85, "5/5 export: GLB, OBJ, preview sheet")
-        files = write_result(result, folder, self.request_config(r))
-        archive = folder.rstrip("/") + ".zip"
+        files = add_previews(out.result, out.folder, self.request_config(out.request))
+        archive = out.folder.rstrip("/") + ".zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
             for name in sorted(files):
                 if name.startswith("mesh.") or name.endswith(".png"):
                     z.write(files[name], name)
-        seconds["export"] = time.perf_counter() - t
-        progress(1.0, "done")
-        return Output(folder, files["mesh.glb"], archive, files["preview.png"], seconds, 0,
-                      coverage, len(mesh.faces))  # fmt: skip
+        out.zip, out.preview = archive, files.get("preview.png")
+        out.seconds["previews"] = time.perf_counter() - t
 
 
 # ---------------------------------------------------------------------- examples
@@ -383,7 +331,7 @@ def build_ui(runner: Runner, examples: list, out: str):
                         int(seed if seed is not None else c.seed), float(guidance),
                         int(steps), int(texture_size))  # fmt: skip
             folder = _request_folder(out, counter, r)
-            o = runner.run(r, folder, lambda f, d: progress(f, desc=d))
+            o = runner.run(r, folder, lambda f, d: progress(f, desc=d), previews=False)
         except (*OBJECT_ERRORS, TypeError) as e:
             msg = " ".join(str(e).split("\n")) or type(e).__name__
             for path in (image, coarse_mesh):  # the upload's name, not the server's path
@@ -391,7 +339,9 @@ def build_ui(runner: Runner, examples: list, out: str):
                     msg = msg.replace(str(path), os.path.basename(str(path)))
             runner.log(f"request failed: {msg}")
             raise gr.Error(msg, print_exception=False) from e
-        return o.glb, o.zip, o.preview, o.markdown(r)
+        yield o.glb, None, None, o.markdown()  # the viewer first
+        runner.previews(o)
+        yield o.glb, o.zip, o.preview, o.markdown()
 
     prior = ("Shap-E makes the coarse shape from the image (else the text)" if has_prior else
              "this model has no Shap-E weights: give a coarse mesh or pick an example")  # fmt: skip

@@ -287,6 +287,7 @@ def generate() -> dict:
         seed=Int(0),
         params=Path("trained"),
         batch_size=Int(1),
+        host_workers=Int(0, note="0: bake and write in the calling thread"),
         mesh=dict(num_devices=Int(0, note="0: every local device")),
         image=dict(size=Int(16), object_fraction=Float(0, 1, low_open=True)),
         prior=dict(
@@ -304,7 +305,11 @@ def generate() -> dict:
         cameras=cameras_section(),
         sample=sample_section(),
         texture=cc.from_dataclass(TextureSettings),
-        output=dict(preview_size=Int(16), turntable_frames=Int(0, multiple=8, note="0: no GIF")),
+        output=dict(
+            preview=Bool(),
+            preview_size=Int(16),
+            turntable_frames=Int(0, multiple=8, note="0: no GIF"),
+        ),  # fmt: skip
     )
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 import ml_collections
@@ -74,7 +75,7 @@ def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
     from tqdm import tqdm
 
     from nd3d_jax.pipeline.generator import Generator
-    from nd3d_jax.pipeline.outputs import is_done, write_result
+    from nd3d_jax.pipeline.outputs import fidelity_line, is_done, write_result
 
     if not args["out"]:
         raise UserError("--out=DIR is required")
@@ -99,22 +100,33 @@ def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
         bar = tqdm(total=len(todo), desc="generate", unit="object", file=sys.stderr,
                    disable=len(todo) < 2)  # fmt: skip
         by_name = dict(zip([o.name for o in todo], todo_dirs, strict=True))
+        lock = threading.Lock()
 
-        def done(_, result):
-            bar.update(1)
+        def done(_, result):  # in a host worker thread: the files overlap the next batch
             if isinstance(result, Exception):
-                _log(f"failed: {result}")
-                report["failed"].append(str(result))
+                with lock:
+                    _log(f"failed: {result}")
+                    report["failed"].append(str(result))
+                    bar.update(1)
                 return
-            files = write_result(result, by_name[result.name], config)
-            s = result.seconds
-            stages = ", ".join(f"{k} {v:.1f}s" for k, v in s.items())
-            _log(f"{result.name}: {files['mesh.glb']} ({stages}; coverage "
-                 f"{result.coverage:.0%})")  # fmt: skip
-            report["done"].append(by_name[result.name])
+            try:
+                files = write_result(result, by_name[result.name], config)
+            except OSError as e:
+                with lock:
+                    _log(f"failed: {result.name}: cannot write its files ({e})")
+                    report["failed"].append(f"{result.name}: {e}")
+                    bar.update(1)
+                return
+            stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+            with lock:
+                _log(f"{result.name}: {files['mesh.glb']} ({stages}; "
+                     f"{fidelity_line(result.fidelity)})")  # fmt: skip
+                report["done"].append(by_name[result.name])
+                bar.update(1)
 
         generator.generate_many(todo, seed=seed, indices=todo_idx, progress=done)
         bar.close()
+    report = {k: sorted(v) for k, v in report.items()}  # threads finish in any order
     os.makedirs(args["out"], exist_ok=True)
     with open(os.path.join(args["out"], "generate_report.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -75,6 +75,38 @@ def test_sharded_batch_equals_one_device(sharded_and_single):
     assert np.abs(eight[0].views - eight[1].views).max() > 0.05
 
 
+def test_overlapped_host_stages_give_the_serial_results(generators, object_inputs, tmp_path):
+    """Batches of 1: objects 2 and 3 are sampled while threads bake and write 1 and 2."""
+    from nd3d_jax.pipeline.outputs import write_result
+
+    gen, objects = generators[1], _objects(object_inputs, 3)
+    written, stages = {}, []
+    quick = _config("", **{"output.preview": False, "output.turntable_frames": 0})
+    gen.batch_size, saved = 1, gen.batch_size
+    try:
+        runs = {}
+        for workers in (0, 2):
+            gen.host_workers = workers
+
+            def write(name, result, workers=workers):
+                path = str(tmp_path / f"w{workers}" / name)
+                written[workers, name] = write_result(result, path, quick)
+
+            runs[workers] = gen.generate_many(objects, progress=write,
+                                              on_stage=lambda *a: stages.append(a))  # fmt: skip
+    finally:
+        gen.batch_size, gen.host_workers = saved, 0
+    for a, b in zip(runs[0], runs[2], strict=True):
+        np.testing.assert_array_equal(a.mesh.faces, b.mesh.faces)
+        np.testing.assert_allclose(a.texture, b.texture, atol=1e-6)
+        pa, pb = written[0, a.name], written[2, b.name]
+        assert sorted(map(os.path.basename, pa)) == sorted(map(os.path.basename, pb))
+        for name in ("mesh.obj", "views.png"):
+            assert open(pa[name], "rb").read() == open(pb[name], "rb").read(), name
+    assert {s[1] for s in stages} == {"coarse", "refine", "conditions", "multiview", "bake",
+                                      "files"}  # fmt: skip
+
+
 def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
     from nd3d_jax.pipeline.outputs import write_result
 
@@ -106,6 +138,10 @@ def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
         write_result(r, str(tmp_path / "obj"), bad)
     summary = json.load(open(files["summary.json"]))
     assert summary["textured"]["faces"] == len(r.mesh.faces)
+    fid = summary["fidelity"]
+    assert fid["pieces_coarse"] >= 1 and fid["pieces_refined"] >= 1 and fid["f1@0.02"] > 0.5
+    assert 0 < fid["texture_painted"] <= fid["texture_visible_painted"] <= 1
+    assert {"chamfer_l2", "f1@0.005", "f1@0.01"} <= set(fid)
     assert summary["settings"]["texture"]["size"] == 128
 
 
