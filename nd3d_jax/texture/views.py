@@ -36,8 +36,10 @@ def _mesh_arrays(mesh: trimesh.Trimesh, what: str):
     return v, f, nv, nf
 
 
-def render_colored(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") -> np.ndarray:
-    """(K, H, W, 3) uint8 views of a mesh with vertex colours (grey when it has none)."""
+def render_colored(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh",
+                   with_mask: bool = False):  # fmt: skip
+    """(K, H, W, 3) uint8 views of a mesh with vertex colours (grey when it has none); with
+    `with_mask`, also the (K, H, W) bool coverage."""
     v, f, nv, nf = _mesh_arrays(mesh, what)
     visual = getattr(mesh, "visual", None)
     if visual is not None and visual.kind == "vertex":
@@ -46,17 +48,19 @@ def render_colored(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") -
         colors = np.full((len(v), 3), 0.6, np.float32)
     h, w = int(cameras.height), int(cameras.width)
     budget = default_work_budget(nf, h, w, 8)
-    images, work = _draw_colored(cameras, _pad(v, nv), _pad(f, nf), _pad(colors, nv),
-                                 np.arange(nf) < len(f), budget)  # fmt: skip
+    images, mask, work = _draw_colored(cameras, _pad(v, nv), _pad(f, nf), _pad(colors, nv),
+                                       np.arange(nf) < len(f), budget)  # fmt: skip
     if int(np.max(work)) > budget:
         raise RuntimeError(f"{what}: rasterizer work budget {budget} < {int(np.max(work))}")
-    return to_uint8(np.asarray(images))
+    images = to_uint8(np.asarray(images))
+    return (images, np.asarray(mask)) if with_mask else images
 
 
 @functools.partial(jax.jit, static_argnames=("budget",))
 def _draw_colored(cams, vertices, faces, colors, face_mask, budget: int):
     frags = rasterize_views(cams, vertices, faces, face_mask, work_budget=budget)
-    return jax.vmap(lambda fr: color_image(fr, faces, colors))(frags), frags.num_work
+    images = jax.vmap(lambda fr: color_image(fr, faces, colors))(frags)
+    return images, frags.mask, frags.num_work
 
 
 def textured_arrays(mesh: trimesh.Trimesh, what: str = "mesh"):
