@@ -109,7 +109,8 @@ def evaluate(config: ml_collections.ConfigDict, generated: str, out: str, suite=
         gen = render_mesh(gen_mesh, cams, path)
         caption = ex["caption"].decode() if isinstance(ex["caption"], bytes) else ex["caption"]
         metrics = suite.per_object(gt, gen, str(caption), gt_mesh, gen_mesh)
-        rows.append({"name": name, "caption": str(caption), **metrics})
+        rows.append({"name": name, "caption": str(caption), **metrics,
+                     **_fidelity(os.path.join(generated, name))})  # fmt: skip
         gt_all.append(gt)
         gen_all.append(gen)
         strips[name] = (gt, gen)
@@ -124,11 +125,37 @@ def evaluate(config: ml_collections.ConfigDict, generated: str, out: str, suite=
         "objects": len(rows), "missing": missing, "views": config.views.to_dict(),
         "coarse": config.coarse,
         "mean": {**mean_of(rows, suite.names), **set_metrics},
+        "mean_fidelity": _mean_fidelity(rows),
         "unavailable": suite.unavailable, "per_object": rows,
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     write_report(report, out, strips)
     return report
+
+
+def _fidelity(folder: str) -> dict:
+    """The object's fidelity from its summary.json (refined vs coarse, texture coverage): the
+    whole dict, and three columns for the table."""
+    try:
+        with open(os.path.join(folder, "summary.json")) as f:
+            fid = json.load(f).get("fidelity") or {}
+    except (OSError, ValueError):
+        return {}
+    if not fid:
+        return {}
+    return {"fidelity": fid, "pieces": f"{fid['pieces_coarse']}->{fid['pieces_refined']}",
+            "refine_f1@0.01": fid["f1@0.01"],
+            "texture_seen_painted": fid["texture_visible_painted"]}  # fmt: skip
+
+
+def _mean_fidelity(rows: list[dict]) -> dict:
+    fids = [r["fidelity"] for r in rows if "fidelity" in r]
+    if not fids:
+        return {}
+    out = {k: float(np.mean([f[k] for f in fids])) for k in fids[0] if k.startswith(("f1@",
+           "chamfer", "texture_"))}  # fmt: skip
+    out["pieces_changed"] = sum(f["pieces_coarse"] != f["pieces_refined"] for f in fids)
+    return out
 
 
 def _sort_metric(rows: list[dict]) -> str | None:

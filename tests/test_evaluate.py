@@ -102,6 +102,11 @@ def test_reproduce_writes_both_tables(reproduced, tiny_model):
     folder = os.path.join(reproduced, "omniobject3d")
     report = json.load(open(os.path.join(folder, "metrics.json")))
     assert sorted(r["name"] for r in report["per_object"]) == sorted(report["sheet"]["best"])
+    # each generated object's fidelity (refined vs coarse, texture coverage) from summary.json
+    for r in report["per_object"]:
+        assert r["pieces"] == f"{r['fidelity']['pieces_coarse']}->{r['fidelity']['pieces_refined']}"
+        assert 0 < r["refine_f1@0.01"] <= 1 and 0 < r["texture_seen_painted"] <= 1
+    assert set(report["mean_fidelity"]) >= {"f1@0.01", "chamfer_l2", "pieces_changed"}
     sheet = np.asarray(Image.open(os.path.join(folder, "contact_sheet.png")))
     assert sheet.shape == (2 * (96 + 14), 2 * 4 * 96 + 8, 3)
     assert "| lpips_vgg |" in open(os.path.join(folder, "metrics.md")).read()

@@ -54,13 +54,17 @@ def markdown(report: dict) -> str:
     for name, value in report["mean"].items():
         better = "lower" if name in LOWER_IS_BETTER else "higher"
         lines.append(f"| {name} | {_fmt(value)} | {better} |")
+    if report.get("mean_fidelity"):
+        fid = report["mean_fidelity"]
+        lines += ["", "Refined vs coarse (unit frame) and texture coverage, means: " + ", ".join(
+            f"{k} {_fmt(v)}" for k, v in fid.items())]  # fmt: skip
     if report["unavailable"]:
         lines += ["", "Unavailable:"]
         lines += [f"- {name}: {why}" for name, why in sorted(report["unavailable"].items())]
     if report.get("missing"):
         lines += ["", f"Not generated ({len(report['missing'])}): {', '.join(report['missing'])}"]
     rows = report["per_object"]
-    names = [k for k in rows[0] if k not in ("name", "caption")] if rows else []
+    names = [k for k in rows[0] if k not in ("name", "caption", "fidelity")] if rows else []
     lines += ["", "| object | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in rows:
         lines.append(f"| {r['name']} | " + " | ".join(_fmt(r.get(n, "")) for n in names) + " |")
