@@ -125,6 +125,64 @@ def run_batch(gen, objects, label: str) -> dict:
             "results": results}  # fmt: skip
 
 
+def bake_export(gen, result, size: int, gen_config, tmp: str) -> dict:
+    """Warm seconds of one object's bake at `size` texels and of writing its GLB alone and its
+    files without the renders (GLB, OBJ, views, summary: what `output.preview=false` and no
+    turntable write)."""
+    from nd3d_jax.pipeline.outputs import write_result
+    from nd3d_jax.texture import export_glb
+
+    settings = dataclasses.replace(gen.texture_settings, size=size)
+    gen.bake(result.refined, result.views, settings)  # compiles
+    t = time.perf_counter()
+    mesh, texture, _ = gen.bake(result.refined, result.views, settings)
+    bake_s = time.perf_counter() - t
+    baked = dataclasses.replace(result, mesh=mesh, texture=texture)
+    c = gen_config.copy_and_resolve_references()
+    c.output.update(preview=False, turntable_frames=0)
+    t = time.perf_counter()
+    export_glb(mesh, os.path.join(tmp, "alone.glb"), up="y")
+    glb_s = time.perf_counter() - t
+    t = time.perf_counter()
+    write_result(baked, os.path.join(tmp, "bake_export"), c)
+    files_s = time.perf_counter() - t
+    log(f"bake {size} px {bake_s:.2f}s, GLB {glb_s:.2f}s, files without renders {files_s:.2f}s "
+        f"({len(mesh.faces)} faces)")  # fmt: skip
+    return {"texture_size": size, "faces": len(mesh.faces), "bake_s": bake_s, "glb_s": glb_s,
+            "files_s": files_s}  # fmt: skip
+
+
+def overlap(gen, objects, gen_config, tmp: str) -> dict:
+    """Objects/s for `objects` (files written, no renders) serially and with host workers (one
+    thread prepares the next batch, two bake and write the last), beside 1 / (the device's
+    seconds per object: the sampling program's)."""
+    from nd3d_jax.pipeline.outputs import write_result
+
+    c = gen_config.copy_and_resolve_references()
+    c.output.update(preview=False, turntable_frames=0)
+    out = {"objects": len(objects), "batch_size": gen.batch_size}
+    for workers in (0, 2):
+        gen.host_workers = workers
+        folder = os.path.join(tmp, f"overlap_{workers}")
+        t = time.perf_counter()
+        results = gen.generate_many(
+            objects, progress=lambda name, r, f=folder: None if isinstance(r, Exception)
+            else write_result(r, os.path.join(f, name), c))  # fmt: skip
+        wall = time.perf_counter() - t
+        bad = [r for r in results if isinstance(r, Exception)]
+        if bad:
+            raise RuntimeError(f"overlap: {bad[0]}")
+        out[f"workers_{workers}_objects_per_s"] = len(objects) / wall
+        if workers == 0:
+            out["device_s_per_object"] = statistics.mean(r.seconds["multiview"] for r in results)
+    gen.host_workers = 0
+    out["bound_objects_per_s"] = 1 / out["device_s_per_object"]
+    log(f"{len(objects)} objects: {out['workers_0_objects_per_s']:.2f}/s serial, "
+        f"{out['workers_2_objects_per_s']:.2f}/s overlapped; device bound "
+        f"{out['bound_objects_per_s']:.2f}/s")  # fmt: skip
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -132,6 +190,18 @@ def main(argv=None) -> dict:
     p.add_argument("--texture_faces", default="8000", help="extra runs at these max_faces")
     p.add_argument("--devices", type=int, default=1, help="the data axis (0: every device)")
     p.add_argument("--no_outputs", action="store_true", help="skip timing the file writing")
+    p.add_argument(
+        "--bake_size",
+        type=int,
+        default=0,
+        help="also time one object's bake and GLB/OBJ export at this texture size",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=0,
+        help="also time this many objects serially and with host workers",
+    )
     a = p.parse_args(argv)
     from configs import generate as generate_config
     from nd3d_jax.pipeline import Generator
@@ -164,6 +234,12 @@ def main(argv=None) -> dict:
             runs[f"batch_{b}_faces_{faces}"] = run_batch(
                 gen, objects[:b], f"batch {b}, texture max_faces {faces}"
             )
+        if a.bake_size:
+            out["bake_export"] = bake_export(gen, runs[f"batch_{max(batches)}"]["results"][0],
+                                             a.bake_size, gen_config, tmp)  # fmt: skip
+        if a.overlap:
+            out["overlap"] = overlap(gen, write_inputs(os.path.join(tmp, "many"), a.overlap),
+                                     gen_config, tmp)  # fmt: skip
         if not a.no_outputs:
             last = runs[f"batch_{max(batches)}"]["results"][0]
             write_result(last, os.path.join(tmp, "written"), gen_config)  # compiles

@@ -80,7 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "loss": {"first": float(result.losses[0]), "last": float(result.losses[-1])},
         "losses": [float(x) for x in result.losses],
         "timings_s": result.timings,
-        "settings": dict(config.refine),
+        "settings": config.refine.to_dict(),
     }
     for name, m in (("coarse.glb", coarse), ("refined.glb", refined), ("refined.obj", refined)):
         export_mesh(m, os.path.join(workdir, name))

@@ -243,35 +243,48 @@ class Generator:
         on_stage: StageCallback | None = None,
     ) -> list[Result | Exception]:
         """Results (or errors) in order; `indices` (default 0..n-1) fold into the seed, so an
-        object's result does not depend on its batch. `progress(name, result or error)` runs as
-        each object ends, in a host worker thread when `host_workers` > 0 (so what it does, such
-        as writing the files, overlaps the device's next batch): make it thread-safe."""
+        object's result does not depend on its batch. With `host_workers` > 0 the batches flow
+        through three stages at once: one thread prepares batch i + 1 (stages 1-3: inputs,
+        Shap-E, refinement, conditions), the calling thread samples batch i (stage 4) and
+        `host_workers` threads bake batch i - 1 (stage 5) and call `progress(name, result or
+        error)` for each object (so what it does, such as writing the files, overlaps the
+        device too): make `progress` and `on_stage` thread-safe."""
         seed = self.config.seed if seed is None else seed
         indices = list(range(len(objects))) if indices is None else indices
         settings = settings or RequestSettings()
         on_stage = on_stage or (lambda *_: None)
         report = progress or (lambda *_: None)
         results: dict[str, Result | Exception] = {}
-        pool = (concurrent.futures.ThreadPoolExecutor(self.host_workers, "nd3d-host")
-                if self.host_workers else None)  # fmt: skip
+        n = self.batch_size
+        chunks = [list(zip(objects[i : i + n], indices[i : i + n], strict=True))
+                  for i in range(0, len(objects), n)]  # fmt: skip
+
+        def prepare(chunk):
+            return self._prepare_batch(chunk, seed, on_stage, results, report)
+
+        if not self.host_workers:
+            for chunk in chunks:
+                for job in self._sample_batch(prepare(chunk), settings, on_stage, results, report):
+                    job()
+            return [results[obj.name] for obj in objects]
+        ahead = concurrent.futures.ThreadPoolExecutor(1, "nd3d-prepare")
+        pool = concurrent.futures.ThreadPoolExecutor(self.host_workers, "nd3d-host")
         pending: list[concurrent.futures.Future] = []
         try:
-            for start in range(0, len(objects), self.batch_size):
-                end = start + self.batch_size
-                chunk = list(zip(objects[start:end], indices[start:end], strict=True))
-                finish = self._batch(chunk, seed, settings, on_stage, results, report)
-                if pool is None:
-                    for job in finish:
-                        job()
-                    continue
-                done_before, pending = pending, [pool.submit(job) for job in finish]
-                for f in done_before:  # at most two batches in flight (bounded memory)
+            next_batch = ahead.submit(prepare, chunks[0]) if chunks else None
+            for i in range(len(chunks)):
+                ready = next_batch.result()
+                if i + 1 < len(chunks):
+                    next_batch = ahead.submit(prepare, chunks[i + 1])
+                jobs = self._sample_batch(ready, settings, on_stage, results, report)
+                done_before, pending = pending, [pool.submit(job) for job in jobs]
+                for f in done_before:  # at most two batches baking (bounded memory)
                     f.result()
             for f in pending:
                 f.result()
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            ahead.shutdown(wait=True)
+            pool.shutdown(wait=True)
         return [results[obj.name] for obj in objects]
 
     def _read(self, obj: ObjectInput) -> tuple[np.ndarray | None, str | None]:
@@ -300,9 +313,9 @@ class Generator:
         return {"obj": obj, "image": image, "coarse": coarse.mesh, "refined": refined,
                 "example": example, "seconds": seconds, "losses": losses}  # fmt: skip
 
-    def _batch(self, chunk, seed: int, settings: RequestSettings, on_stage, results, report):
-        """Stages 1-4 of a batch; returns one stage-5 job per sampled object (bake, fidelity,
-        then `report`). Objects that fail before are reported here."""
+    def _prepare_batch(self, chunk, seed: int, on_stage, results, report) -> list:
+        """Stages 1-3 of a batch: [(prepared object, its sampling key)]; objects that fail are
+        reported here."""
         base = jax.random.key(seed)
 
         def fail(obj, e):
@@ -345,6 +358,11 @@ class Generator:
                 ready.append((p, jax.random.fold_in(key, 1)))
             except OBJECT_ERRORS as e:
                 fail(obj, e)
+        return ready
+
+    def _sample_batch(self, ready, settings: RequestSettings, on_stage, results, report):
+        """Stage 4 of a prepared batch; returns one stage-5 job per object (bake, fidelity,
+        then `report`)."""
         if not ready:
             return []
         for p, _ in ready:
