@@ -9,7 +9,8 @@ a viewer, a zip of GLB + OBJ/MTL/PNG to download and the preview sheet.
 (`nd3d_jax.pipeline.Generator`) is loaded once; the page runs its stages one by one (prior,
 refinement, multi-view diffusion, baking, export) and shows which one is running. Requests are
 queued and served one at a time (the page shows the queue position). Every compiled program is
-cached for the server's lifetime: guidance and seed are traced arguments (no recompilation);
+cached for the server's lifetime, and on disk for the next server (the persistent compilation
+cache, `nd3d_jax.compile_cache`): guidance and seed are traced arguments (no recompilation);
 sampling steps and texture size change static shapes, so each is one of three choices, each
 compiled once on first use. --warmup (default true) runs the first example at start-up, so a
 request at the default settings compiles nothing new (meshes are padded to size buckets; a
@@ -39,6 +40,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nd3d_jax import config_cli, sharding
+from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.errors import UserError
 
 LOG = logging.getLogger("nd3d_jax.app")
@@ -52,31 +54,11 @@ FLAGS = {
     "out": "folder for the requests' files (default: a temporary folder)",
     "warmup": "true (default): generate the first example at start-up, compiling everything",
 }
-# a lowered XLA program: one per jit cache miss (persistent-cache hits included)
-LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 STAGE_NAMES = ("prior", "refine", "conditions", "multiview", "bake", "export")
 
 
 def _log(msg: str) -> None:
     print(f"[app {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class CompileCounter:
-    """How many XLA programs this process has lowered (jit cache misses), via jax.monitoring."""
-
-    def __init__(self):
-        self.count = 0
-        self._lock = threading.Lock()
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-    def _on_event(self, event: str, duration: float, **kwargs) -> None:
-        del duration, kwargs
-        if event == LOWER_EVENT:
-            with self._lock:
-                self.count += 1
-
-    def close(self) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._on_event)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +81,10 @@ class Output:
     zip: str
     preview: str
     seconds: dict[str, float]
-    compiles: int  # XLA programs lowered while serving this request
+    compiles: int  # XLA programs compiled while serving this request (cache misses)
     coverage: float
     faces: int
+    lowered: int = 0  # jit cache misses (a persistent-cache hit is lowered, not compiled)
 
     def markdown(self, request: Request) -> str:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
@@ -142,7 +125,7 @@ class Runner:
         self.texture_choices = choices(int(config.texture.size), 64, 4096)
         self._sample_fns: dict[int, Callable] = {}
         self._lock = threading.Lock()
-        self.history: list[dict] = []  # per request: id, compiles, seconds, start and end times
+        self.history: list[dict] = []  # per request: id, compiles, lowered, seconds, times
 
     def default_request(self, **kw) -> Request:
         c = self.config
@@ -226,12 +209,14 @@ class Runner:
         """Generates one object into `folder` (+ `folder`.zip), stage by stage, reporting each
         (fraction done, stage) to `progress`. Keys as `Generator.generate(seed=r.seed)`."""
         with self._lock:
-            start, began = self.counter.count, time.time()
+            c, began = self.counter, time.time()
+            start = (c.compiled, c.lowered)
             out = self._run(r, folder, progress or (lambda f, d: None))
-            out.compiles = self.counter.count - start
+            out.compiles, out.lowered = c.compiled - start[0], c.lowered - start[1]
             self.history.append({"id": len(self.history), "compiles": out.compiles,
-                                 "seconds": out.seconds, "guidance": r.guidance,
-                                 "started": began, "finished": time.time()})  # fmt: skip
+                                 "lowered": out.lowered, "seconds": out.seconds,
+                                 "guidance": r.guidance, "started": began,
+                                 "finished": time.time()})  # fmt: skip
             total = sum(out.seconds.values())
             self.log(f"request {len(self.history) - 1}: {out.glb} in {total:.1f}s, "
                      f"{out.compiles} programs compiled")  # fmt: skip
@@ -466,8 +451,10 @@ def serve(config: ml_collections.ConfigDict, *, host: str = "127.0.0.1", port: i
             runner.run(runner.default_request(image=e.image, text=e.text,
                                               coarse_mesh=e.coarse_mesh),
                        os.path.join(out, "warmup"))  # fmt: skip
+            c = runner.counter
             log(f"warm-up ({e.name}, default settings) in {time.perf_counter() - t:.1f}s; "
-                f"{runner.counter.count} programs compiled so far")  # fmt: skip
+                f"{c.compiled} programs compiled, {c.cache_hits} loaded from the compilation "
+                "cache")  # fmt: skip
         demo = build_ui(runner, examples, out)
         demo.queue(default_concurrency_limit=1)
         files = [f for e in examples for f in (e.image, e.coarse_mesh) if f]

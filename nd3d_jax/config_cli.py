@@ -511,8 +511,10 @@ def run(
 
     `command` (default: the module run with `python -m`, e.g. `train`) must match the config's
     `command` key when it has one. Before `main`: the config's enumerated values are checked
-    (`choices()`: the command's own {dotted key: allowed values}),
-    logging is set up, and with a workdir `check_workdir` runs and `save_run_files` writes
+    (`choices()`: the command's own {dotted key: allowed values}), logging is set up, the
+    persistent compilation cache is turned on (`compile_cache.setup`: the config's
+    `compilation_cache` key, `ND3D_COMPILATION_CACHE`), and with a workdir `check_workdir` runs
+    and `save_run_files` writes
     config.json and run.json (in a multi-process run, after `main`, once JAX is initialised).
     A `UserError` anywhere is one line on stderr and exit code 2 (`--debug`: the traceback).
     `extra_flags` ({name: help}) are the command's own string flags: `main` then gets a third
@@ -537,6 +539,9 @@ def run(
             print(config_to_json(config))
             return
         setup_logging(fv.verbosity)
+        from nd3d_jax import compile_cache
+
+        compile_cache.setup(config.get("compilation_cache", ""))
         workdir = fv.workdir
         deferred = False
         if workdir and needs_workdir:
