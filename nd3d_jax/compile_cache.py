@@ -99,6 +99,7 @@ class CompileCounter:
     def __init__(self):
         self.lowered = self.compiled = self.cache_hits = 0
         self.compile_s = self.jit_s = 0.0
+        self.seconds = dict.fromkeys((TRACE_EVENT, LOWER_EVENT, BACKEND_EVENT), 0.0)
         self._lock = threading.Lock()
         self._hit = threading.local()  # the cache-hit event comes inside its compile event
         jax.monitoring.register_event_listener(self._on_event)
@@ -115,6 +116,7 @@ class CompileCounter:
         self._hit.seen = False if event == BACKEND_EVENT else getattr(self._hit, "seen", False)
         with self._lock:
             self.jit_s += duration
+            self.seconds[event] += duration
             if event == LOWER_EVENT:
                 self.lowered += 1
             elif event == BACKEND_EVENT and hit:
@@ -127,7 +129,9 @@ class CompileCounter:
         with self._lock:
             return {"lowered": self.lowered, "compiled": self.compiled,
                     "cache_hits": self.cache_hits, "compile_s": round(self.compile_s, 3),
-                    "jit_s": round(self.jit_s, 3)}  # fmt: skip
+                    "jit_s": round(self.jit_s, 3),
+                    **{f"{k.rpartition('/')[2].removesuffix('_duration')}_s": round(v, 3)
+                       for k, v in self.seconds.items()}}  # fmt: skip
 
     def close(self) -> None:
         jax.monitoring.unregister_event_listener(self._on_event)

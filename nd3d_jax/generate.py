@@ -26,6 +26,7 @@ import time
 import ml_collections
 
 from nd3d_jax import config_cli
+from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.errors import UserError
 
 LOG = logging.getLogger("nd3d_jax.generate")
@@ -68,8 +69,10 @@ def objects_from_flags(args: dict):
 
 
 def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
-    """Generates every object not yet done; returns {"done", "skipped", "failed"}.
-    `generator`: an already loaded `Generator` for `config` (else one is loaded if needed)."""
+    """Generates every object not yet done; returns {"done", "skipped", "failed", "compiles"
+    (`CompileCounter.summary`), "seconds" ("model": loading it, "first_object": from then to
+    the first object's result)}. `generator`: an already loaded `Generator` for `config` (else
+    one is loaded if needed)."""
     from tqdm import tqdm
 
     from nd3d_jax.pipeline.generator import Generator
@@ -92,33 +95,43 @@ def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
             todo_dirs.append(folder)
     if report["skipped"]:
         _log(f"{len(report['skipped'])} objects already done (delete their folders to redo)")
-    if todo:
-        seed = int(args["seed"]) if args["seed"] is not None else config.seed
-        generator = generator or Generator(config, log=_log)
-        bar = tqdm(total=len(todo), desc="generate", unit="object", file=sys.stderr,
-                   disable=len(todo) < 2)  # fmt: skip
-        by_name = dict(zip([o.name for o in todo], todo_dirs, strict=True))
+    counter = CompileCounter()
+    try:
+        if todo:
+            seed = int(args["seed"]) if args["seed"] is not None else config.seed
+            t = time.perf_counter()
+            generator = generator or Generator(config, log=_log)
+            loaded = time.perf_counter()
+            report["seconds"] = {"model": loaded - t}
+            bar = tqdm(total=len(todo), desc="generate", unit="object", file=sys.stderr,
+                       disable=len(todo) < 2)  # fmt: skip
+            by_name = dict(zip([o.name for o in todo], todo_dirs, strict=True))
 
-        def done(_, result):
-            bar.update(1)
-            if isinstance(result, Exception):
-                _log(f"failed: {result}")
-                report["failed"].append(str(result))
-                return
-            files = write_result(result, by_name[result.name], config)
-            s = result.seconds
-            stages = ", ".join(f"{k} {v:.1f}s" for k, v in s.items())
-            _log(f"{result.name}: {files['mesh.glb']} ({stages}; coverage "
-                 f"{result.coverage:.0%})")  # fmt: skip
-            report["done"].append(by_name[result.name])
+            def done(_, result):
+                bar.update(1)
+                report["seconds"].setdefault("first_object", time.perf_counter() - loaded)
+                if isinstance(result, Exception):
+                    _log(f"failed: {result}")
+                    report["failed"].append(str(result))
+                    return
+                files = write_result(result, by_name[result.name], config)
+                s = result.seconds
+                stages = ", ".join(f"{k} {v:.1f}s" for k, v in s.items())
+                _log(f"{result.name}: {files['mesh.glb']} ({stages}; coverage "
+                     f"{result.coverage:.0%})")  # fmt: skip
+                report["done"].append(by_name[result.name])
 
-        generator.generate_many(todo, seed=seed, indices=todo_idx, progress=done)
-        bar.close()
+            generator.generate_many(todo, seed=seed, indices=todo_idx, progress=done)
+            bar.close()
+    finally:
+        counter.close()
+    report["compiles"] = c = counter.summary()  # a warm cache: 0 compiled
     os.makedirs(args["out"], exist_ok=True)
     with open(os.path.join(args["out"], "generate_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     _log(f"{len(report['done'])} generated, {len(report['skipped'])} already done, "
-         f"{len(report['failed'])} failed; in {args['out']}")  # fmt: skip
+         f"{len(report['failed'])} failed; in {args['out']} ({c['compiled']} XLA programs "
+         f"compiled, {c['cache_hits']} from the compilation cache)")  # fmt: skip
     if todo and not report["done"] and len(report["failed"]) == len(rows):
         raise UserError("no object could be generated (see the messages above)")
     return report
