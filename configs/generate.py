@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.command = "generate"
     c.seed = 0  # each object's key: fold_in(key(seed), its line number)
+    c.compilation_cache = ""  # XLA cache: DIR, "off", "" (nd3d_jax.compile_cache)
     c.params = ""  # the trainer WORKDIR (params_final/ or checkpoints/, config.json); --params
     c.batch_size = 8  # objects per multi-view sampling program (rounded up to the devices)
     # threads that bake and write one batch while the device samples the next (0: none)

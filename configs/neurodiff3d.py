@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.command = "train"  # the command this config is for (checked by config_cli.run)
     c.stage = "neurodiff3d"
     c.seed = 0
+    c.compilation_cache = ""  # XLA cache: DIR, "off", "" (nd3d_jax.compile_cache)
     c.weights_dir = ""  # the folder the sub-models' relative paths are under
     # multi-process: jax.distributed.initialize() (auto-detected cluster, or the address given)
     c.distributed = ml_collections.ConfigDict(

@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.command = "refine_demo"  # the command this config is for (checked by config_cli.run)
     config.seed = 0
+    config.compilation_cache = ""  # XLA cache: DIR, "off", "" (nd3d_jax.compile_cache)
 
     # The coarse prior stand-in: an analytic shape with smooth pseudo-random bumps.
     config.shape = ml_collections.ConfigDict()

@@ -11,7 +11,8 @@ a viewer, a zip of GLB + OBJ/MTL/PNG to download and the preview sheet.
 (prior, refinement, multi-view diffusion, baking, export); the viewer shows the GLB as soon as
 it is written, the preview sheet and the zip follow. Requests are
 queued and served one at a time (the page shows the queue position). Every compiled program is
-cached for the server's lifetime: guidance and seed are traced arguments (no recompilation);
+cached for the server's lifetime, and on disk for the next server (the persistent compilation
+cache, `nd3d_jax.compile_cache`): guidance and seed are traced arguments (no recompilation);
 sampling steps and texture size change static shapes, so each is one of three choices, each
 compiled once on first use. --warmup (default true) runs the first example at start-up, so a
 request at the default settings compiles nothing new (meshes are padded to size buckets; a
@@ -33,10 +34,10 @@ import time
 import zipfile
 from collections.abc import Callable
 
-import jax
 import ml_collections
 
 from nd3d_jax import config_cli
+from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.config_check import Bool, Int, Path
 from nd3d_jax.errors import UserError
 
@@ -51,8 +52,6 @@ FLAGS = {
     "out": "folder for the requests' files (default: a temporary folder)",
     "warmup": "true (default): generate the first example at start-up, compiling everything",
 }
-# a lowered XLA program: one per jit cache miss (persistent-cache hits included)
-LOWER_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 STAGE_NAMES = ("prior", "refine", "conditions", "multiview", "bake", "export")
 # the page's words for the Generator's stages (`on_stage`)
 STAGE_TEXT = {
@@ -67,24 +66,6 @@ STAGE_TEXT = {
 
 def _log(msg: str) -> None:
     print(f"[app {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class CompileCounter:
-    """How many XLA programs this process has lowered (jit cache misses), via jax.monitoring."""
-
-    def __init__(self):
-        self.count = 0
-        self._lock = threading.Lock()
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-    def _on_event(self, event: str, duration: float, **kwargs) -> None:
-        del duration, kwargs
-        if event == LOWER_EVENT:
-            with self._lock:
-                self.count += 1
-
-    def close(self) -> None:
-        jax.monitoring.unregister_event_duration_listener(self._on_event)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +86,12 @@ class Output:
     folder: str  # write_result's files: mesh.glb, mesh.obj/.mtl, textures, preview.png, ...
     glb: str
     seconds: dict[str, float]
-    compiles: int  # XLA programs lowered while serving this request
+    compiles: int  # XLA programs compiled while serving this request (cache misses)
     result: object  # the Generator's Result
     request: Request
     zip: str | None = None  # with the preview sheet: after `Runner.previews`
     preview: str | None = None
+    lowered: int = 0  # jit cache misses (a persistent-cache hit is lowered, not compiled)
 
     def markdown(self) -> str:
         from nd3d_jax.pipeline.outputs import fidelity_line
@@ -147,7 +129,7 @@ class Runner:
         self.step_choices = choices(int(config.sample.num_steps), 1, num_train)
         self.texture_choices = choices(int(config.texture.size), 64, 4096)
         self._lock = threading.Lock()
-        self.history: list[dict] = []  # per request: id, compiles, seconds, start and end times
+        self.history: list[dict] = []  # per request: id, compiles, lowered, seconds, times
 
     def default_request(self, **kw) -> Request:
         c = self.config
@@ -197,14 +179,16 @@ class Runner:
         to `progress` as (fraction done, words)); the GLB first, then (`previews`, else call
         `previews()`) the preview sheet, turntable and zip. Keys as `generate --seed`."""
         with self._lock:
-            start, began = self.counter.count, time.time()
+            c, began = self.counter, time.time()
+            start = (c.compiled, c.lowered)
             out = self._run(r, folder, progress or (lambda f, d: None))
             if previews:
                 self._previews(out)
-            out.compiles = self.counter.count - start
+            out.compiles, out.lowered = c.compiled - start[0], c.lowered - start[1]
             self.history.append({"id": len(self.history), "compiles": out.compiles,
-                                 "seconds": out.seconds, "guidance": r.guidance,
-                                 "started": began, "finished": time.time()})  # fmt: skip
+                                 "lowered": out.lowered, "seconds": out.seconds,
+                                 "guidance": r.guidance, "started": began,
+                                 "finished": time.time()})  # fmt: skip
             total = sum(out.seconds.values())
             self.log(f"request {len(self.history) - 1}: {out.glb} in {total:.1f}s, "
                      f"{out.compiles} programs compiled")  # fmt: skip
@@ -213,10 +197,13 @@ class Runner:
     def previews(self, out: Output) -> Output:
         """The preview sheet, turntable and zip of a `run(previews=False)` output."""
         with self._lock:
-            start = self.counter.count
+            c = self.counter
+            start = (c.compiled, c.lowered)
             self._previews(out)
-            out.compiles += self.counter.count - start
-            self.history[-1].update(compiles=out.compiles, seconds=out.seconds)
+            out.compiles += c.compiled - start[0]
+            out.lowered += c.lowered - start[1]
+            self.history[-1].update(compiles=out.compiles, lowered=out.lowered,
+                                    seconds=out.seconds)  # fmt: skip
             return out
 
     def _run(self, r: Request, folder: str, progress) -> Output:
@@ -417,8 +404,10 @@ def serve(config: ml_collections.ConfigDict, *, host: str = "127.0.0.1", port: i
             runner.run(runner.default_request(image=e.image, text=e.text,
                                               coarse_mesh=e.coarse_mesh),
                        os.path.join(out, "warmup"))  # fmt: skip
+            c = runner.counter
             log(f"warm-up ({e.name}, default settings) in {time.perf_counter() - t:.1f}s; "
-                f"{runner.counter.count} programs compiled so far")  # fmt: skip
+                f"{c.compiled} programs compiled, {c.cache_hits} loaded from the compilation "
+                "cache")  # fmt: skip
         demo = build_ui(runner, examples, out)
         demo.queue(default_concurrency_limit=1)
         files = [f for e in examples for f in (e.image, e.coarse_mesh) if f]

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import jax
 
+from nd3d_jax import compile_cache
 from nd3d_jax.config_cli import ArgumentParser
 
 SUITES = {
@@ -129,8 +130,9 @@ def main(argv: list[str] | None = None) -> list[Record]:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
     args = parser.parse_args(argv)
     try:
+        compile_cache.setup()  # programs compiled by an earlier run load from the cache
         records = run_suites(args.names, BenchOptions(args.quick, args.repeats, args.warmup))
-    except ValueError as e:
+    except ValueError as e:  # UserError included
         parser.error(str(e))
     print(markdown_table(records))
     if args.out:

@@ -544,6 +544,8 @@ def run(
     (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's own string
     flags: `main` then gets a third argument, {name: value or None}. `path_kinds`: only the
     schema's paths of these kinds are checked (a command that reads no data; default all).
+    The persistent compilation cache is turned on just before `main` (`compile_cache.setup`:
+    the config's `compilation_cache` key, `ND3D_COMPILATION_CACHE`).
     """
     argv = list(sys.argv if argv is None else argv)
     module = _command_module()
@@ -580,6 +582,9 @@ def run(
         if flag_specs:
             config_check.check_flags(flag_specs, {n: fv[n].value for n in extra_flags or {}})
         setup_logging(fv.verbosity)
+        from nd3d_jax import compile_cache
+
+        compile_cache.setup(config.get("compilation_cache", ""))
         deferred = False
         if workdir and needs_workdir:
             deferred = _distributed(config)

@@ -200,6 +200,10 @@ def hf_configs() -> dict:
 
 
 # ------------------------------------------------------------------------ per config kind
+# the persistent XLA cache folder (nd3d_jax.compile_cache): empty (the default place), off, DIR
+CACHE = Str(note='empty: ~/.cache/nd3d_jax/xla; "off"; or a folder')
+
+
 def train() -> dict:
     from data_pipelines.prepare import BUILDERS, CONFIG_NAMES
     from nd3d_jax.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES
@@ -219,6 +223,7 @@ def train() -> dict:
         command=Choice("train"),
         stage=Choice(*sorted(STAGES)),
         seed=Int(0),
+        compilation_cache=CACHE,
         weights_dir=Path("folder"),
         distributed=dict(
             enabled=Bool(),
@@ -285,6 +290,7 @@ def generate() -> dict:
     return dict(
         command=Choice("generate"),
         seed=Int(0),
+        compilation_cache=CACHE,
         params=Path("trained"),
         batch_size=Int(1),
         host_workers=Int(0, note="0: bake and write in the calling thread"),
@@ -357,6 +363,7 @@ def refine_demo() -> dict:
     return dict(
         command=Choice("refine_demo"),
         seed=Int(0),
+        compilation_cache=CACHE,
         shape=dict(
             kind=Choice("sphere", "torus", "box"),
             radius=positive,

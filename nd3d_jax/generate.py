@@ -27,6 +27,7 @@ import time
 import ml_collections
 
 from nd3d_jax import config_cli
+from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
 
@@ -70,8 +71,10 @@ def objects_from_flags(args: dict):
 
 
 def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
-    """Generates every object not yet done; returns {"done", "skipped", "failed"}.
-    `generator`: an already loaded `Generator` for `config` (else one is loaded if needed)."""
+    """Generates every object not yet done; returns {"done", "skipped", "failed", "compiles"
+    (`CompileCounter.summary`), "seconds" ("model": loading it, "first_object": from then to
+    the first object's result)}. `generator`: an already loaded `Generator` for `config` (else
+    one is loaded if needed)."""
     from tqdm import tqdm
 
     from nd3d_jax.pipeline.generator import Generator
@@ -94,44 +97,56 @@ def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
             todo_dirs.append(folder)
     if report["skipped"]:
         _log(f"{len(report['skipped'])} objects already done (delete their folders to redo)")
-    if todo:
-        seed = int(args["seed"]) if args["seed"] is not None else config.seed
-        generator = generator or Generator(config, log=_log)
-        bar = tqdm(total=len(todo), desc="generate", unit="object", file=sys.stderr,
-                   disable=len(todo) < 2)  # fmt: skip
-        by_name = dict(zip([o.name for o in todo], todo_dirs, strict=True))
-        lock = threading.Lock()
+    counter = CompileCounter()
+    try:
+        if todo:
+            seed = int(args["seed"]) if args["seed"] is not None else config.seed
+            t = time.perf_counter()
+            generator = generator or Generator(config, log=_log)
+            loaded = time.perf_counter()
+            report["seconds"] = {"model": loaded - t}
+            bar = tqdm(total=len(todo), desc="generate", unit="object", file=sys.stderr,
+                       disable=len(todo) < 2)  # fmt: skip
+            by_name = dict(zip([o.name for o in todo], todo_dirs, strict=True))
+            lock = threading.Lock()
 
-        def done(_, result):  # in a host worker thread: the files overlap the next batch
-            if isinstance(result, Exception):
+            def done(_, result):  # in a host worker thread: the files overlap the next batch
                 with lock:
-                    _log(f"failed: {result}")
-                    report["failed"].append(str(result))
-                    bar.update(1)
-                return
-            try:
-                files = write_result(result, by_name[result.name], config)
-            except OSError as e:
+                    report["seconds"].setdefault("first_object", time.perf_counter() - loaded)
+                if isinstance(result, Exception):
+                    with lock:
+                        _log(f"failed: {result}")
+                        report["failed"].append(str(result))
+                        bar.update(1)
+                    return
+                try:
+                    files = write_result(result, by_name[result.name], config)
+                except OSError as e:
+                    with lock:
+                        _log(f"failed: {result.name}: cannot write its files ({e})")
+                        report["failed"].append(f"{result.name}: {e}")
+                        bar.update(1)
+                    return
+                stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
                 with lock:
-                    _log(f"failed: {result.name}: cannot write its files ({e})")
-                    report["failed"].append(f"{result.name}: {e}")
+                    _log(f"{result.name}: {files['mesh.glb']} ({stages}; "
+                         f"{fidelity_line(result.fidelity)})")  # fmt: skip
+                    report["done"].append(by_name[result.name])
                     bar.update(1)
-                return
-            stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
-            with lock:
-                _log(f"{result.name}: {files['mesh.glb']} ({stages}; "
-                     f"{fidelity_line(result.fidelity)})")  # fmt: skip
-                report["done"].append(by_name[result.name])
-                bar.update(1)
 
-        generator.generate_many(todo, seed=seed, indices=todo_idx, progress=done)
-        bar.close()
-    report = {k: sorted(v) for k, v in report.items()}  # threads finish in any order
+            generator.generate_many(todo, seed=seed, indices=todo_idx, progress=done)
+            bar.close()
+    finally:
+        counter.close()
+    for key in ("done", "skipped", "failed"):  # threads finish in any order
+        report[key] = sorted(report[key])
+    report["compiles"] = c = counter.summary()  # a warm cache: 0 compiled
     os.makedirs(args["out"], exist_ok=True)
     with open(os.path.join(args["out"], "generate_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     _log(f"{len(report['done'])} generated, {len(report['skipped'])} already done, "
-         f"{len(report['failed'])} failed; in {args['out']}")  # fmt: skip
+         f"{len(report['failed'])} failed; in {args['out']} ({c['compiled']} XLA programs "
+         f"compiled, {c['cache_hits']} from the compilation cache)")  # fmt: skip
     if todo and not report["done"] and len(report["failed"]) == len(rows):
         raise UserError("no object could be generated (see the messages above)")
     return report

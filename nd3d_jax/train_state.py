@@ -6,10 +6,11 @@
    boxed tree, so the optimizer moments carry their parameter's logical axis names.
 2. Shardings: every leaf from the logical-axis rules (`sharding.tree_shardings`); nothing is
    guessed by shape.
-3. Values: one `jax.jit(init, out_shardings=...)` for the randomly initialised parameters (the
-   pretrained subtrees are left out of its outputs, so XLA never computes them); pretrained
-   host arrays go straight into their shardings (`jax.make_array_from_callback`: each device
-   receives only its shard); the optimizer state and the EMA from jitted functions with
+3. Values: the random parameters drawn on the host from the model's own initializers
+   (`nd3d_jax.host_init`: nothing compiles, the same values on any mesh; a leaf with another
+   initializer comes from a jitted `init` restricted to it), the pretrained subtrees never
+   drawn; host arrays go straight into their shardings (`jax.make_array_from_callback`: each
+   device receives only its shard); the optimizer state and the EMA from jitted functions with
    explicit output shardings.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from nd3d_jax import optim, sharding
+from nd3d_jax import host_init, optim, sharding
 
 LOG = logging.getLogger(__name__)
 Path = tuple[str, ...]
@@ -119,20 +120,46 @@ def abstract_state(stage, config, mesh: Mesh, rules):
     return abstract, shardings, tx, mask, schedule
 
 
-def random_init(stage, shardings, skip: set[Path]):
-    """The jitted random init of every parameter outside the `skip` subtrees, its outputs
-    placed in `shardings` (XLA partitions the RNG: each device computes only its shards)."""
+def _nest(leaves: dict[Path, object]) -> dict:
+    out: dict = {}
+    for path, x in leaves.items():
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = x
+    return out
 
-    def random_part(k):
-        return _without(nn.unbox(stage.init(k)), skip)
 
-    return jax.jit(random_part, out_shardings=_without(shardings, skip))
+def _skipped(path: Path, skip: set[Path]) -> bool:
+    return any(path[: len(s)] == s for s in skip)
 
 
-def init_params(stage, key, shardings, abstract, pretrained: dict[Path, dict]):
+def random_init(stage, abstract, shardings, skip: set[Path], seed: int) -> dict:
+    """Every parameter outside the `skip` subtrees, drawn at random into `shardings`: on the
+    host from its initializer (`host_init`), or, for an initializer `host_init` does not read,
+    by a jitted `init` whose outputs are only those leaves (XLA partitions the RNG: each device
+    computes only its shards)."""
+    found = host_init.plan(stage.initializers(), abstract)
+    found.specs = {p: s for p, s in found.specs.items() if not _skipped(p, skip)}
+    other = [p for p in found.other if not _skipped(p, skip)]
+    leaves = host_init.draw_params(seed, found, abstract, shardings)
+    if other:
+        LOG.info("%d parameters with other initializers: compiling their init", len(other))
+
+        def other_part(k):
+            params = nn.unbox(stage.init(k))
+            return [_get(params, p) for p in other]
+
+        out = [_get(shardings, p) for p in other]
+        values = jax.jit(other_part, out_shardings=out)(jax.random.PRNGKey(seed))
+        leaves.update(zip(other, values, strict=True))
+    return _nest(leaves)
+
+
+def init_params(stage, seed: int, shardings, abstract, pretrained: dict[Path, dict]):
     """Random parameters for everything not pretrained, then the pretrained host subtrees
     placed into their shardings."""
-    params = random_init(stage, shardings, set(pretrained))(key)
+    params = random_init(stage, abstract, shardings, set(pretrained), seed)
     for path, host in pretrained.items():
         host = _cast_like(host, _get(abstract, path), path)
         params = _with(params, path, place(host, _get(shardings, path)))
@@ -183,8 +210,7 @@ def create(stage, config, mesh: Mesh, rules, log=LOG.info) -> TrainState:
     pretrained = stage.pretrained()
     for path in pretrained:
         log("pretrained %s", "/".join(path))
-    key = jax.random.PRNGKey(config.seed)
-    params = init_params(stage, key, shardings["params"], abstract["params"], pretrained)
+    params = init_params(stage, config.seed, shardings["params"], abstract["params"], pretrained)
     for name, (n_train, n_frozen) in stage.parameter_groups(params, mask).items():
         log("params %-34s trainable %12s frozen %12s", name, f"{n_train:,}", f"{n_frozen:,}")
     log(

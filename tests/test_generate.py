@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -146,6 +147,9 @@ def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
 
 
 def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_path):
+    """Four objects and a bad line; run again: nothing to do (the model is not even loaded);
+    with the objects' folders deleted, a third process makes the same files and compiles no
+    XLA program (the persistent compilation cache, in its own folder here)."""
     lines = [dict(r, name=f"o{i}") for i, r in enumerate(object_inputs)]
     lines.insert(2, {"image": "missing.png", "text": "nothing here"})
     inputs = tmp_path / "inputs.jsonl"
@@ -154,21 +158,39 @@ def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_pat
     cmd = [sys.executable, "-m", "nd3d_jax.generate", "--config=configs/generate.py:tiny",
            f"--params={tiny_model}", f"--inputs={inputs}", f"--out={out}",
            "--config.output.turntable_frames=0"]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    env = {
+        k: v
+        for k, v in os.environ.items()  # the commands' own cache defaults
+        if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    }
+    env["ND3D_COMPILATION_CACHE"] = str(tmp_path / "xla")
+
+    def generate():
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stderr, json.load(open(out / "generate_report.json"))
+
+    stderr, report = generate()
     glbs = sorted(str(p) for p in out.glob("*/mesh.glb"))
     assert len(glbs) == 4
     assert_valid_glb(*glbs)
-    report = json.load(open(out / "generate_report.json"))
     assert len(report["done"]) == 4 and len(report["failed"]) == 1
     assert "line 3" in report["failed"][0] and "missing.png" in report["failed"][0]
-    assert "4 generated" in run.stderr and "1 failed" in run.stderr
+    assert "4 generated" in stderr and "1 failed" in stderr
+    assert report["compiles"]["compiled"] > 10 and os.listdir(tmp_path / "xla")
     stamps = {p: os.path.getmtime(p) for p in glbs}
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 generated, 4 already done" in again.stderr
-    assert "model from" not in again.stderr  # nothing to do: the model is not even loaded
+    stderr, report = generate()
+    assert "0 generated, 4 already done" in stderr
+    assert "model from" not in stderr  # nothing to do: the model is not even loaded
     assert {p: os.path.getmtime(p) for p in glbs} == stamps
+
+    first = {p: open(p, "rb").read() for p in glbs}
+    for p in glbs:
+        shutil.rmtree(os.path.dirname(p))
+    stderr, report = generate()
+    assert "4 generated" in stderr
+    assert report["compiles"]["compiled"] == 0 and report["compiles"]["cache_hits"] > 10, report
+    assert {p: open(p, "rb").read() for p in glbs} == first  # the cached programs' results
 
 
 @pytest.mark.parametrize(

@@ -89,3 +89,42 @@ def test_loss_is_finite_and_masked_views_do_not_count(tiny):
     h = stage.model_config.latent_size // 2
     np.testing.assert_array_equal(mask[:, :h, :h], 1.0)  # slot 0: the photo
     assert float(mask.sum()) == 2 * h * h  # nothing else counts
+
+
+def test_host_init_draws_each_leaf_from_its_flax_initializer_on_any_mesh(tiny):
+    """The trainer's init (`host_init`, no compile) beside Flax's jitted `init`: constants equal,
+    every random leaf with the spread its initializer gives it; the same values on 1 device and
+    sharded over a 2 x 4 (data, fsdp) mesh, each device holding only its shard."""
+    from nd3d_jax import host_init, sharding, train_state
+
+    stage, flax_params = tiny
+    abstract = nn.unbox(stage.abstract_params())
+    found = host_init.plan(stage.initializers(), abstract)
+    assert not found.other and len(found.specs) == len(jax.tree.leaves(abstract))
+    placed = {}
+    for shape in ((1, 1), (2, 4)):
+        mesh = sharding.make_mesh(*shape, devices=jax.devices()[: shape[0] * shape[1]])
+        _, shardings, *_ = train_state.abstract_state(stage, stage.config, mesh,
+                                                      sharding.DEFAULT_RULES)  # fmt: skip
+        placed[shape] = train_state.random_init(stage, abstract, shardings["params"], set(), 0)
+        for x, s in zip(jax.tree.leaves(placed[shape]), jax.tree.leaves(shardings["params"]),
+                        strict=True):  # fmt: skip
+            assert x.sharding == s
+            assert all(d.data.shape == s.shard_shape(x.shape) for d in x.addressable_shards)
+    sharded = sum("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(placed[(2, 4)]))
+    assert sharded > 50
+    jax.tree.map(np.testing.assert_array_equal, placed[(1, 1)], placed[(2, 4)])
+
+    ours = host_init._leaves(placed[(1, 1)])
+    checked = 0
+    for path, theirs in host_init._leaves(flax_params).items():
+        spec, x, y = found.specs[path], np.asarray(ours[path]), np.asarray(theirs)
+        assert x.shape == y.shape and x.dtype == y.dtype
+        if spec.family == "constant":
+            np.testing.assert_array_equal(x, y)
+        elif x.size >= 1000:  # spread: the initializer's standard deviation (5 sigma)
+            std = spec.scale * (host_init.TRUNCATED_STD if spec.family == "truncated_normal" else 1)
+            for z in (x, y):
+                assert abs(z.std() / std - 1) < 5 / (2 * z.size) ** 0.5, path
+            checked += 1
+    assert checked > 30

@@ -43,9 +43,10 @@ def test_pretrained_subtrees_are_placed_not_initialised(tiny_clip, tiny_resnet, 
     for tree in pretrained.values():  # host arrays: nothing placed on a device yet
         assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree))
 
-    _, shardings, *_ = train_state.abstract_state(stage, c, mesh, sharding.DEFAULT_RULES)
-    random = train_state.random_init(stage, shardings["params"], set(pretrained))
-    outputs = jax.eval_shape(random, jax.random.PRNGKey(0))
+    abstract, shardings, *_ = train_state.abstract_state(stage, c, mesh, sharding.DEFAULT_RULES)
+    outputs = train_state.random_init(
+        stage, abstract["params"], shardings["params"], set(pretrained), seed=0
+    )
     assert "unet" not in outputs and "adapter" not in outputs  # never initialised at random
     assert "clip" not in outputs["conditioning"]
 

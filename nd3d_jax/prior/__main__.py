@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from nd3d_jax import compile_cache
 from nd3d_jax.config_check import Float, Int, Path, check_flags
 from nd3d_jax.config_cli import ArgumentParser, fail
 from nd3d_jax.errors import UserError
@@ -207,6 +208,7 @@ def _write_json(path: str, data: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
+        compile_cache.setup()
         return run(args)
     except UserError as e:
         fail(str(e))

@@ -11,6 +11,7 @@ import os
 
 from PIL import Image
 
+from nd3d_jax import compile_cache
 from nd3d_jax.config_cli import ArgumentParser, fail
 from nd3d_jax.geometry.mesh_ops import load_mesh
 from nd3d_jax.render.preview import KINDS, render_preview
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"{args.mesh} is a directory; give a mesh file (OBJ, PLY, GLB, ...)")
     try:
         mesh = load_mesh(args.mesh)
-    except (OSError, ValueError) as e:
+        compile_cache.setup()
+    except (OSError, ValueError) as e:  # UserError included
         fail(str(e))
     image = render_preview(mesh, args.size, args.views, args.kind, args.up)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

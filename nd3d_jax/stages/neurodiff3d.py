@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from nd3d_jax import diffusion
+from nd3d_jax import diffusion, host_init
 from nd3d_jax.errors import UserError
 from nd3d_jax.models import conditioning as cond
 from nd3d_jax.models.clip import CLIPConfig
@@ -120,6 +120,7 @@ class NeuroDiff3DStage:
         self.config = config
         self.model_config = model_config(config)
         self.model = NeuroDiff3D(self.model_config, DTYPES[config.model.dtype])
+        self._abstract = None  # (boxed abstract params, their initializers)
         try:
             self.schedule = diffusion.make_schedule(diffusion.ScheduleConfig(**config.schedule))
         except (TypeError, ValueError) as e:
@@ -142,7 +143,19 @@ class NeuroDiff3DStage:
 
     def abstract_params(self):
         """The boxed abstract parameter tree (shapes, dtypes, logical axis names)."""
-        return jax.eval_shape(self.init, jax.random.key(0))
+        return self._traced_init()[0]
+
+    def initializers(self) -> list[host_init.Record]:
+        """Every parameter's path and the Flax initializer `init` calls for it."""
+        return self._traced_init()[1]
+
+    def _traced_init(self):
+        """One abstract trace of `init` (seconds at the paper's sizes), kept."""
+        if self._abstract is None:
+            with host_init.record_initializers() as records:
+                boxed = jax.eval_shape(self.init, jax.random.key(0))
+            self._abstract = (boxed, records)
+        return self._abstract
 
     def pretrained(self) -> dict[tuple[str, ...], dict]:
         """{path in the parameter tree: host (numpy) subtree} for every pretrained folder the
