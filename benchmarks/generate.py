@@ -98,9 +98,10 @@ def _cpu_env(**extra) -> dict:
     return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": ROOT, **extra}
 
 
-def tiny_model_workdir(folder: str) -> str:
+def tiny_model_workdir(folder: str, seed: int = 0) -> str:
     """A trainer WORKDIR of the tiny demo model (config.json, params_final/ at its random init,
-    drawn on the host: nothing compiles)."""
+    drawn on the host: nothing compiles), as `python -m nd3d_jax.train
+    --config=configs/demo.py:tiny` leaves it."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -114,7 +115,7 @@ def tiny_model_workdir(folder: str) -> str:
     abstract, shardings, *_ = train_state.abstract_state(
         stage, config, mesh, sharding.DEFAULT_RULES
     )
-    params = train_state.random_init(stage, abstract["params"], shardings["params"], set(), 0)
+    params = train_state.random_init(stage, abstract["params"], shardings["params"], set(), seed)
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w") as f:
         f.write(config_to_json(config) + "\n")

@@ -9,31 +9,18 @@ from __future__ import annotations
 
 import os
 
-import flax.linen as nn
-import jax
 import pytest
 
 from data_pipelines.export_examples import write_synthetic_inputs
-from nd3d_jax.config_cli import config_to_json, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_model_workdir(workdir: str, seed: int = 0) -> str:
-    import orbax.checkpoint as ocp
+    """The tiny demo model's workdir at its random init (drawn on the host: nothing compiles)."""
+    from benchmarks.generate import tiny_model_workdir
 
-    from nd3d_jax.stages.neurodiff3d import NeuroDiff3DStage
-
-    config = load_config(os.path.join(ROOT, "configs/demo.py:tiny"))
-    stage = NeuroDiff3DStage(config)
-    # one jitted program (cached across test processes), not one per parameter
-    params = jax.jit(lambda key: nn.unbox(stage.init(key)))(jax.random.key(seed))
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_to_json(config) + "\n")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.abspath(os.path.join(workdir, "params_final")), params)
-    return workdir
+    return tiny_model_workdir(workdir, seed)
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,22 @@ from nd3d_jax.stages import get_stage
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _host_params(stage, seed: int, mesh_shape=(1, 1)):
+    """The trainer's random init (`host_init`: nothing compiles) on a (data, fsdp) mesh."""
+    from nd3d_jax import sharding, train_state
+
+    mesh = sharding.make_mesh(*mesh_shape, devices=jax.devices()[: np.prod(mesh_shape)])
+    abstract, shardings, *_ = train_state.abstract_state(stage, stage.config, mesh,
+                                                         sharding.DEFAULT_RULES)  # fmt: skip
+    return train_state.random_init(stage, abstract["params"], shardings["params"], set(), seed)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     c = load_config(os.path.join(ROOT, "configs/demo.py:variant=tiny"))
     c.model.texture_noise_scale = 0.5
     stage = get_stage(c)
-    params = jax.jit(lambda k: nn.unbox(stage.init(k)))(jax.random.PRNGKey(0))
-    return stage, params
+    return stage, _host_params(stage, 0)
 
 
 def _batch(stage, seed=0):
@@ -43,8 +52,8 @@ def test_one_init_covers_every_submodule(tiny):
     assert {"clip", "semantic_encoder", "texture_encoder", "mesh_conv"} <= set(
         params["conditioning"]
     )
-    # each RNG stream gets its own key: a different params key changes every random leaf
-    other = jax.jit(lambda k: nn.unbox(stage.init(k)))(jax.random.PRNGKey(1))
+    # another seed changes the random leaves
+    other = _host_params(stage, 1)
     unet_a, unet_b = params["unet"]["conv_in"]["kernel"], other["unet"]["conv_in"]["kernel"]
     assert not np.allclose(unet_a, unet_b)
 
@@ -92,39 +101,49 @@ def test_loss_is_finite_and_masked_views_do_not_count(tiny):
 
 
 def test_host_init_draws_each_leaf_from_its_flax_initializer_on_any_mesh(tiny):
-    """The trainer's init (`host_init`, no compile) beside Flax's jitted `init`: constants equal,
-    every random leaf with the spread its initializer gives it; the same values on 1 device and
-    sharded over a 2 x 4 (data, fsdp) mesh, each device holding only its shard."""
-    from nd3d_jax import host_init, sharding, train_state
+    """The trainer's init (`host_init`, no compile) beside Flax's jitted `init` on a sample of
+    leaves (each distinct distribution's largest leaf): constants equal, random leaves with the
+    spread their initializer gives them; the same values on 1 device and sharded over a 2 x 4
+    (data, fsdp) mesh, each device holding only its shard."""
+    from nd3d_jax import host_init
 
-    stage, flax_params = tiny
+    stage, params = tiny
     abstract = nn.unbox(stage.abstract_params())
     found = host_init.plan(stage.initializers(), abstract)
     assert not found.other and len(found.specs) == len(jax.tree.leaves(abstract))
-    placed = {}
-    for shape in ((1, 1), (2, 4)):
-        mesh = sharding.make_mesh(*shape, devices=jax.devices()[: shape[0] * shape[1]])
-        _, shardings, *_ = train_state.abstract_state(stage, stage.config, mesh,
-                                                      sharding.DEFAULT_RULES)  # fmt: skip
-        placed[shape] = train_state.random_init(stage, abstract, shardings["params"], set(), 0)
-        for x, s in zip(jax.tree.leaves(placed[shape]), jax.tree.leaves(shardings["params"]),
-                        strict=True):  # fmt: skip
-            assert x.sharding == s
-            assert all(d.data.shape == s.shard_shape(x.shape) for d in x.addressable_shards)
-    sharded = sum("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(placed[(2, 4)]))
-    assert sharded > 50
-    jax.tree.map(np.testing.assert_array_equal, placed[(1, 1)], placed[(2, 4)])
+    sharded = _host_params(stage, 0, (2, 4))
+    jax.tree.map(np.testing.assert_array_equal, params, sharded)
+    split = 0
+    for x in jax.tree.leaves(sharded):
+        assert all(d.data.shape == x.sharding.shard_shape(x.shape) for d in x.addressable_shards)
+        split += "fsdp" in str(x.sharding.spec)
+    assert split > 50
 
-    ours = host_init._leaves(placed[(1, 1)])
+    sizes = {p: x.size for p, x in host_init._leaves(abstract).items()}
+    sample = {}
+    for path in sorted(found.specs, key=lambda p: -sizes[p]):
+        sample.setdefault(found.specs[path], path)
+    sample = list(sample.values())
+    assert len(sample) > 12
+    flax = jax.jit(lambda k: [_get(nn.unbox(stage.init(k)), p) for p in sample])(
+        jax.random.PRNGKey(0)
+    )
+    ours = host_init._leaves(params)
     checked = 0
-    for path, theirs in host_init._leaves(flax_params).items():
-        spec, x, y = found.specs[path], np.asarray(ours[path]), np.asarray(theirs)
+    for path, y in zip(sample, flax, strict=True):
+        spec, x, y = found.specs[path], np.asarray(ours[path]), np.asarray(y)
         assert x.shape == y.shape and x.dtype == y.dtype
         if spec.family == "constant":
             np.testing.assert_array_equal(x, y)
-        elif x.size >= 1000:  # spread: the initializer's standard deviation (5 sigma)
+        elif x.size >= 500:  # spread: the initializer's standard deviation (5 sigma)
             std = spec.scale * (host_init.TRUNCATED_STD if spec.family == "truncated_normal" else 1)
             for z in (x, y):
                 assert abs(z.std() / std - 1) < 5 / (2 * z.size) ** 0.5, path
             checked += 1
-    assert checked > 30
+    assert checked > 8
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
