@@ -35,7 +35,7 @@ def sub_model(path: str = "", **config) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
     """Every key of the `neurodiff3d` stage, at the paper's values where they are sizes."""
     c = ml_collections.ConfigDict()
-    c.command = "train"  # the command this config is for (checked by config_cli.run)
+    c.command = "train"  # the command this config is for (checked by cli.run)
     c.stage = "neurodiff3d"
     c.seed = 0
     c.compilation_cache = ""  # XLA cache: DIR, "off", "" (nd3d_jax.compile_cache)

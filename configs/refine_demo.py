@@ -19,7 +19,7 @@ from nd3d_jax.geometry.refine import RefineSettings
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = parse_arg(arg, variant=("paper", "tiny")).variant
     config = ml_collections.ConfigDict()
-    config.command = "refine_demo"  # the command this config is for (checked by config_cli.run)
+    config.command = "refine_demo"  # the command this config is for (checked by cli.run)
     config.seed = 0
     config.compilation_cache = ""  # XLA cache: DIR, "off", "" (nd3d_jax.compile_cache)
 

@@ -1,7 +1,7 @@
 """Compile once per machine: the persistent XLA compilation cache of every command, and a
 count of what each process really compiles.
 
-Every config-driven command (`config_cli.run`) and `python -m nd3d_jax.benchmark` / `.prior`
+Every config-driven command (`cli.run`) and `python -m nd3d_jax.benchmark` / `.prior`
 call `setup` before anything compiles. The folder, first match wins:
 
 1. `ND3D_COMPILATION_CACHE=DIR` or `=off` in the environment;

@@ -11,7 +11,7 @@ the value and what is allowed:
 
 Values are checked first (every key), paths second (`paths=True`: folders that must exist or
 be writable, weight folders, prepared data), so a typo is reported before a missing folder.
-The schemas of the commands are `nd3d_jax.config_schema`; `nd3d_jax.config_cli.run` checks
+The schemas of the commands are `nd3d_jax.config_schema`; `nd3d_jax.cli.run` checks
 every config there before the command's `main` runs.
 """
 

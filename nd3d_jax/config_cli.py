@@ -1,4 +1,5 @@
-"""The shared entry point of every config-driven `python -m nd3d_jax.X` command.
+"""Configs, overrides, flags, logging and run files of the config-driven commands (their entry
+point, `nd3d_jax.cli.run`, puts these together with the config schema).
 
     python -m nd3d_jax.X --config=configs/x.py[:key=value,...] [--config.a.b=v ...] --workdir=DIR
 
@@ -28,7 +29,7 @@ import platform
 import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 import ml_collections
@@ -313,7 +314,7 @@ def save_run_files(config: ml_collections.ConfigDict, workdir: str, argv=None) -
 
     if jax.process_index() != 0:
         return
-    argv, module = list(sys.argv if argv is None else argv), _command_module()
+    argv, module = list(sys.argv if argv is None else argv), command_module()
     os.makedirs(workdir, exist_ok=True)
     _write(os.path.join(workdir, "config.json"), config_to_json(config) + "\n")
     devices = jax.devices()
@@ -427,7 +428,7 @@ class ArgumentParser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
-def _command_module() -> str | None:
+def command_module() -> str | None:
     """`nd3d_jax.train` when run as `python -m nd3d_jax.train`, else None."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return spec.name if spec else None
@@ -510,97 +511,10 @@ def parse(
     return (fv.config if keys else config), fv
 
 
-def _distributed(config) -> bool:
+def distributed_run(config) -> bool:
     return bool(_get(config, "distributed.enabled")) or bool(
         os.environ.get("JAX_COORDINATOR_ADDRESS")
     )
-
-
-def run(
-    main: Callable[[ml_collections.ConfigDict, str | None], object],
-    *,
-    command: str | None = None,
-    needs_workdir: bool = True,
-    choices: Callable[[], dict[str, Sequence[str]]] | None = None,
-    argv: Sequence[str] | None = None,
-    extra_flags: dict[str, str] | None = None,
-    flag_keys: dict[str, str] | None = None,
-    flag_specs: dict[str, config_check.Spec] | None = None,
-    path_kinds: Sequence[str] | None = None,
-) -> None:
-    """Parses the command line and calls `main(config, workdir)` with the config locked.
-
-    `command` (default: the module run with `python -m`, e.g. `train`) must match the config's
-    `command` key when it has one, and names its schema (`nd3d_jax.config_schema`). Before
-    `main`, in this order: `flag_keys` ({flag: dotted config key}) copy the command's flags
-    into the config; every value is checked against the schema (types, ranges, choices; and
-    `choices()`, the command's own {dotted key: allowed values}); `--print_config` prints and
-    returns; the workdir must be a writable folder (or creatable) whose checkpoints, if any,
-    fit the config (`check_workdir`); the schema's paths and the command's `flag_specs`
-    ({flag: Spec}) are checked; logging is set up; with a workdir `save_run_files` writes
-    config.json and run.json (in a
-    multi-process run, after `main`, once JAX is initialised). So no data, weight or compile
-    step starts on a bad value. A `UserError` anywhere is one line on stderr and exit code 2
-    (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's own string
-    flags: `main` then gets a third argument, {name: value or None}. `path_kinds`: only the
-    schema's paths of these kinds are checked (a command that reads no data; default all).
-    The persistent compilation cache is turned on just before `main` (`compile_cache.setup`:
-    the config's `compilation_cache` key, `ND3D_COMPILATION_CACHE`).
-    """
-    argv = list(sys.argv if argv is None else argv)
-    module = _command_module()
-    prog = f"python -m {module}" if module else os.path.basename(argv[0])
-    if command is None and module:
-        command = module.rpartition(".")[2]
-    if any(a in ("-h", "--help", "-help", "--helpfull", "--helpshort") for a in argv[1:]):
-        doc = getattr(sys.modules.get("__main__"), "__doc__", None) or getattr(main, "__doc__", "")
-        print(usage(doc, prog, needs_workdir))
-        sys.exit(0)
-    debug = "--debug" in argv[1:]
-    try:
-        from nd3d_jax.config_schema import schema_for
-
-        schema = schema_for(command)
-        config, fv = parse(argv, needs_workdir, extra_flags, schema)
-        sources = apply_flag_keys(config, fv, flag_keys or {})
-        check_command(config, command)
-        if schema is not None:
-            config_check.check(config, schema, paths=False, sources=sources)
-        if choices is not None:
-            validate_choices(config, choices())
-        if fv.print_config:
-            print(config_to_json(config))
-            return
-        workdir = fv.workdir
-        if workdir and needs_workdir:
-            if (why := config_check.PATHS["out"](workdir, {})) is not None:
-                raise UserError(f"--workdir={workdir}: {why}; give a folder (created if missing)")
-            check_workdir(config, workdir)
-        if schema is not None:
-            paths = True if path_kinds is None else path_kinds
-            config_check.check(config, schema, values=False, paths=paths, sources=sources)
-        if flag_specs:
-            config_check.check_flags(flag_specs, {n: fv[n].value for n in extra_flags or {}})
-        setup_logging(fv.verbosity)
-        from nd3d_jax import compile_cache
-
-        compile_cache.setup(config.get("compilation_cache", ""))
-        deferred = False
-        if workdir and needs_workdir:
-            deferred = _distributed(config)
-            if not deferred:
-                save_run_files(config, workdir, argv)
-        config.lock()
-        if extra_flags:
-            main(config, workdir, {name: fv[name].value for name in extra_flags})
-        else:
-            main(config, workdir)
-        if workdir and needs_workdir and deferred:
-            save_run_files(config, workdir, argv)
-    except UserError as e:
-        if debug:
-            raise
-        fail(str(e))
 
 
 def apply_flag_keys(config: ml_collections.ConfigDict, fv, flag_keys: dict[str, str]) -> dict:

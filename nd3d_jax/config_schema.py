@@ -1,5 +1,5 @@
 """The schema of every config section, per config kind (its `command` key): what each key
-accepts, checked by `nd3d_jax.config_check` before a command runs (`config_cli.run`).
+accepts, checked by `nd3d_jax.config_check` before a command runs (`cli.run`).
 
     train        configs/neurodiff3d.py, configs/demo.py (train, params)
     generate     configs/generate.py (generate, app)

@@ -27,7 +27,7 @@ import time
 import ml_collections
 import numpy as np
 
-from nd3d_jax import config_cli
+from nd3d_jax import cli
 from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
 
@@ -201,7 +201,7 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
     _log(f"wrote {args['out']}/metrics.json, metrics.md, contact_sheet.png")
 
 
-# config_cli.run options: --params, --data_dir and --split set their config keys (checked
+# cli.run options: --params, --data_dir and --split set their config keys (checked
 # with the config); the other flags' values checked up front
 CLI = dict(
     command="evaluate",
@@ -212,4 +212,4 @@ CLI = dict(
 )
 
 if __name__ == "__main__":
-    config_cli.run(main, **CLI)
+    cli.run(main, **CLI)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nd3d_jax import config_cli
+from nd3d_jax import cli
 
 
 def breakdown(config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
@@ -37,8 +37,8 @@ def main(config: ml_collections.ConfigDict, workdir: str | None = None) -> None:
     print(table(breakdown(config)))
 
 
-# config_cli.run options: the train schema; of its paths only the weight folders (read here)
+# cli.run options: the train schema; of its paths only the weight folders (read here)
 CLI = dict(command="train", needs_workdir=False, path_kinds=("weights",))
 
 if __name__ == "__main__":
-    config_cli.run(main, **CLI)
+    cli.run(main, **CLI)

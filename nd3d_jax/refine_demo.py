@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from nd3d_jax import config_cli, sharding
+from nd3d_jax import cli, sharding
 from nd3d_jax.errors import UserError
 from nd3d_jax.geometry import analytic
 from nd3d_jax.geometry.extract import mesh_from_sdf
@@ -116,7 +116,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     run(config, workdir)
 
 
-CLI = dict(command="refine_demo")  # config_cli.run options
+CLI = dict(command="refine_demo")  # cli.run options
 
 if __name__ == "__main__":
-    config_cli.run(main, **CLI)
+    cli.run(main, **CLI)

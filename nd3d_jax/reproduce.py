@@ -27,7 +27,7 @@ import time
 import ml_collections
 import numpy as np
 
-from nd3d_jax import config_cli
+from nd3d_jax import cli, config_cli
 from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
 
@@ -219,4 +219,4 @@ CLI = dict(command="evaluate", needs_workdir=False, extra_flags=FLAGS,
            flag_specs={"out": Path("out"), "seed": Int(0)})  # fmt: skip
 
 if __name__ == "__main__":
-    config_cli.run(main, **CLI, argv=default_argv(sys.argv))
+    cli.run(main, **CLI, argv=default_argv(sys.argv))

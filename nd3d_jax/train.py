@@ -436,11 +436,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
     train(config, workdir)
 
 
-# `config_cli.run` options of this command (every value is checked by nd3d_jax.config_schema's
+# `cli.run` options of this command (every value is checked by nd3d_jax.config_schema's
 # train schema before `main`); tests run it in-process with `run(other_main, **CLI)`
 CLI = dict(command="train")
 
 if __name__ == "__main__":
-    from nd3d_jax.config_cli import run
+    from nd3d_jax.cli import run
 
     run(main, **CLI)

@@ -41,7 +41,7 @@ CONFIG = textwrap.dedent(
 MAIN = textwrap.dedent(
     """
     import json
-    from nd3d_jax import config_cli
+    from nd3d_jax import cli
     from nd3d_jax.errors import UserError
 
     def main(config, workdir):
@@ -49,7 +49,7 @@ MAIN = textwrap.dedent(
             raise UserError("lr must be >= 0 (--config.lr)")
         print(json.dumps({"width": config.model.width, "lr": config.lr, "workdir": workdir}))
 
-    config_cli.run(main)
+    cli.run(main)
     """
 )
 

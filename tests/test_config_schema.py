@@ -1,7 +1,7 @@
 """Every key of every config in configs/ (each variant) is checked: set to a value of the wrong
 type, and (numbers, choices, non-empty strings, patterns) to one out of range, each command
 that takes the config exits 2 with one line naming the key, before its `main` (which here
-fails the test if reached). The commands run in-process (`config_cli.run(main, **CLI)`, as
+fails the test if reached). The commands run in-process (`cli.run(main, **CLI)`, as
 `python -m` does), the bad values arriving in a `config.json` (types no flag parser checks);
 paths that must be folders, files, writable, weights or prepared data are tried the same way;
 one real subprocess shows exit code 2 and no traceback end to end."""
@@ -19,7 +19,7 @@ import tempfile
 
 import pytest
 
-from nd3d_jax import app, config_cli, evaluate, generate, params, refine_demo, reproduce, train
+from nd3d_jax import app, cli, config_cli, evaluate, generate, params, refine_demo, reproduce, train
 from nd3d_jax.config_check import OPEN, Spec, leaves
 from nd3d_jax.config_schema import schema_for
 
@@ -131,7 +131,7 @@ def run_command(module, needs_workdir: bool, config: dict, tmp_path, *flags) -> 
         raise AssertionError(f"{module.__name__} ran main: the config passed its checks")
 
     with pytest.raises(SystemExit) as e:
-        config_cli.run(main, **module.CLI, argv=argv)
+        cli.run(main, **module.CLI, argv=argv)
     return e.value.code, e
 
 

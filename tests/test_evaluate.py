@@ -18,7 +18,7 @@ from metric_fixtures import write_lpips_folder
 from PIL import Image
 
 from data_pipelines.export_examples import example_mesh, shape_examples
-from nd3d_jax import config_cli, evaluate, reproduce
+from nd3d_jax import cli, evaluate, reproduce
 from nd3d_jax.config_cli import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def reproduced(tiny_model, eval_data, metric_weights, tmp_path_factory) -> str:
     config = "--config=" + os.path.join(ROOT, "configs/evaluate.py:variant=tiny")
     argv = ["reproduce", config, f"--params={tiny_model}", f"--out={out}",
             *_overrides(metric_weights, eval_data)]  # fmt: skip
-    config_cli.run(reproduce.main, command="evaluate", needs_workdir=False,
+    cli.run(reproduce.main, command="evaluate", needs_workdir=False,
                    extra_flags=reproduce.FLAGS, argv=argv)  # fmt: skip
     return out
 
@@ -152,7 +152,7 @@ def test_command_errors(tmp_path, capsys):
         argv = ["evaluate", "--config=" + os.path.join(ROOT, "configs/evaluate.py:variant=tiny"),
                 *args]  # fmt: skip
         with pytest.raises(SystemExit) as e:
-            config_cli.run(evaluate.main, command="evaluate", needs_workdir=False,
+            cli.run(evaluate.main, command="evaluate", needs_workdir=False,
                            extra_flags=evaluate.FLAGS, argv=argv)  # fmt: skip
         return e.value.code, capsys.readouterr().err.strip().splitlines()[-1]
 
