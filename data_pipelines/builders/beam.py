@@ -19,7 +19,7 @@ import os
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 
-from data_pipelines.builders.base import Tally
+from data_pipelines.builders.tally import Tally
 from data_pipelines.examples import prepare_shape
 
 NAMESPACE = "nd3d_prepare"  # metrics "nd3d_prepare/<kind>", kind: skipped, shapes, written
