@@ -39,8 +39,13 @@ def beam_pipeline_options(beam_options):
     try:
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError as e:
-        raise UserError(f"--beam_runner/--beam_options need apache-beam ({e})") from e
-    flags = shlex.split(beam_options) if isinstance(beam_options, str) else list(beam_options)
+        raise UserError(
+            f"--beam_runner/--beam_options need apache-beam: pip install -e '.[beam]' ({e})"
+        ) from e
+    try:
+        flags = shlex.split(beam_options) if isinstance(beam_options, str) else list(beam_options)
+    except ValueError as e:  # an unbalanced quote
+        raise UserError(f"--beam_options={beam_options!r}: {e}") from e
     return PipelineOptions(flags)
 
 
@@ -64,6 +69,11 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "defa
                                      file_format="array_record", **options)  # fmt: skip
     mode = tfds.download.GenerateMode
     done = builder.is_prepared() and not overwrite
+    held = _held_views(builder) if done else {}
+    for key, value in held.items():  # what the prepared data holds, not what the flags say
+        if options.get(key) is not None and options[key] != value:
+            raise UserError(f"{builder.data_dir} was prepared with --{key}={value}: add "
+                            f"--overwrite to rebuild it with --{key}={options[key]}")  # fmt: skip
     tfds.display_progress_bar(False)  # the builder shows its own progress
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -83,12 +93,24 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, *, config: str = "defa
               "already_prepared": done, "written": splits,
               "skipped": dict(sorted(builder.skipped.items())),
               "shapes": dict(sorted(builder.shapes.items())),
-              "view_selection": builder.spec.view_selection,
+              "view_selection": builder.spec.view_selection, "view_seed": builder.spec.view_seed,
               "runner": (beam_runner or "beam") if beam else "process pool"}  # fmt: skip
+    report.update(held)
     if not done:  # epath: --data_dir may be a bucket (gs://...) on a cluster
         report_path = epath.Path(builder.data_dir) / "prepare_report.json"
         report_path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _held_views(builder) -> dict:
+    """The grid-view choice a prepared data set was written with (its prepare_report.json)."""
+    from etils import epath
+
+    try:
+        old = json.loads((epath.Path(builder.data_dir) / "prepare_report.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: old[k] for k in ("view_selection", "view_seed") if k in old}
 
 
 def _worker_error(error: Exception) -> Exception:
@@ -132,20 +154,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_dir", required=True, help="where the tfds data set is written")
     parser.add_argument("--config", default="default", choices=CONFIG_NAMES)
     parser.add_argument("--strict", action="store_true", help="stop at the first bad example")
-    parser.add_argument("--num_workers", type=int, default=None, help="default: all cores")
+    parser.add_argument(
+        "--num_workers", type=int, default=None, metavar="N", help="default: all cores"
+    )
     parser.add_argument(
         "--split_file",
+        metavar="FILE",
         default=None,
         help='JSON {"train": [...], "test": [...]} of example keys or shape ids',
     )
     parser.add_argument(
         "--test_fraction",
+        metavar="F",
         type=float,
         default=0.1,
         help="share of shapes held out for test when there is no split file",
     )
     parser.add_argument(
-        "--caption_template", default=None, help="default 'a photo of a {category}'"
+        "--caption_template", default=None, metavar="TEXT", help="default 'a photo of a {category}'"
     )
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing data set")
     parser.add_argument(
@@ -161,17 +187,27 @@ def main(argv: list[str] | None = None) -> int:
         help="OmniObject3D grid views: nearest the generation ring (default), or by frame",
     )
     parser.add_argument(
+        "--view_seed",
+        metavar="N",
+        type=int,
+        default=None,
+        help="OmniObject3D ring views: seed of the per-object azimuth offset (default 0)",
+    )
+    parser.add_argument(
         "--extract_dir",
+        metavar="DIR",
         default=None,
         help="OmniObject3D tarballs unpack here (DATA_DIR/downloads/extracted/omniobject3d)",
     )
     parser.add_argument(
         "--beam_runner",
+        metavar="RUNNER",
         default=None,
         help="an Apache Beam pipeline on DirectRunner, DataflowRunner, FlinkRunner, ...",
     )
     parser.add_argument(
         "--beam_options",
+        metavar="FLAGS",
         default=None,
         help="Beam's flags, e.g. '--direct_num_workers=4 --direct_running_mode=multi_processing'",
     )
@@ -186,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                          test_fraction=args.test_fraction,
                          caption_template=args.caption_template,
                          keep_implausible=args.keep_implausible,
-                         view_selection=args.view_selection, beam_runner=args.beam_runner,
+                         view_selection=args.view_selection, view_seed=args.view_seed,
+                         beam_runner=args.beam_runner,
                          beam_options=args.beam_options, **options)  # fmt: skip
     except UserError as e:  # PrepareError included
         print(f"error: {e}", file=sys.stderr)

@@ -111,6 +111,22 @@ def test_download_as_it_comes(download):
     assert background.mean() > 250 and np.median(background) == 255
 
 
+def test_prepared_data_keeps_its_views(download):
+    """Preparing again reuses the data set and reports the grid views it holds; asking for
+    other views without --overwrite is refused (nothing is silently mixed)."""
+    from nd3d_jax.errors import UserError
+
+    args = ("omniobject3d", download["root"], download["data_dir"])
+    again = prepare(*args, config="tiny", num_workers=1, log=QUIET)
+    assert again["already_prepared"] and again["written"] == download["report"]["written"]
+    assert (again["view_selection"], again["view_seed"]) == ("ring", 0)
+    for flags in ({"view_selection": "frames"}, {"view_seed": 3}):
+        with pytest.raises(UserError, match=r"prepared with --view_\w+=(ring|0): add --overwrite"):
+            prepare(*args, config="tiny", log=QUIET, **flags)
+    with pytest.raises(UserError, match="--beam_options=.*No closing quotation"):
+        prepare(*args, config="tiny", log=QUIET, beam_options="--project='x")
+
+
 def test_manual_dir_forms(download, tmp_path):
     raw = os.path.join(download["root"], "raw")
     assert find_root(download["root"]) == raw and find_root(raw) == raw

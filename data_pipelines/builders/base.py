@@ -33,8 +33,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from data_pipelines.examples import Spec, plausible_sign, prepare_shape
+from data_pipelines.builders.tally import PrepareError, Tally
+from data_pipelines.examples import Spec, prepare_shape
 from nd3d_jax.errors import UserError
+
+__all__ = ["PrepareError", "PreparedBuilder", "Tally", "camera_features"]
 
 VIEW_SELECTIONS = ("ring", "frames")  # Spec.view_selection
 TINY = Spec(image_size=64, num_surface=256, num_sdf_near=256, num_sdf_uniform=128, mesh_faces=512)
@@ -58,10 +61,6 @@ CONFIGS = [
         description="64 x 64 images, few samples: tests and demos",
     ),  # fmt: skip
 ]
-
-
-class PrepareError(UserError):
-    """A bad example under `strict=True`, or a manual folder that is not the data set."""
 
 
 def camera_features(batch: tuple[int, ...] = ()) -> tfds.features.FeaturesDict:
@@ -131,8 +130,10 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                  split_file: str | None = None, test_fraction: float = 0.1,
                  caption_template: str | None = None, log: Callable[[str], None] | None = None,
                  keep_implausible: bool = False, view_selection: str | None = None,
-                 **kwargs):  # fmt: skip
+                 view_seed: int | None = None, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
+        if num_workers is not None and num_workers < 0:
+            raise UserError(f"--num_workers must be >= 0 (0: all cores), got {num_workers}")
         if not 0.0 <= test_fraction < 1.0:
             raise UserError(f"--test_fraction must be in [0, 1), got {test_fraction}")
         self.strict, self.split_file, self.test_fraction = strict, split_file, test_fraction
@@ -148,6 +149,8 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 raise UserError(f"--view_selection must be one of {VIEW_SELECTIONS}, "
                                 f"got {view_selection!r}")  # fmt: skip
             self.spec = dataclasses.replace(self.spec, view_selection=view_selection)
+        if view_seed is not None:
+            self.spec = dataclasses.replace(self.spec, view_seed=int(view_seed))
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.skipped: collections.Counter[str] = collections.Counter()
         self.written: collections.Counter[str] = collections.Counter()
@@ -274,60 +277,6 @@ class PreparedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
         for kind, name, n in read_counts(pipeline_result):
             self._count(kind, name, n)
-
-
-class Tally:
-    """A worker's bookkeeping: examples skipped by reason (or, `strict`, the first one stops
-    the run), shapes prepared and their warnings (implausible SDF signs skip the shape's
-    examples unless `keep_implausible`), examples written by split; `count(kind, name, n)`
-    stores them, `log` says them."""
-
-    def __init__(self, spec: Spec, strict: bool, keep_implausible: bool,
-                 log: Callable[[str], None], count: Callable[[str, str, int], None]):  # fmt: skip
-        self.spec, self.strict, self.keep_implausible = spec, strict, keep_implausible
-        self.log, self.count = log, count
-
-    def skip(self, reason: str, path: str, detail: str = "", count: int = 1) -> None:
-        message = f"{path}: {reason}" + (f" ({detail})" if detail else "")
-        if self.strict:
-            raise PrepareError(message)
-        self.count("skipped", reason, count)
-        self.log(f"skipped {count} example{'s' * (count != 1)}: {message}")
-
-    def warn(self, path: str, warnings) -> None:
-        for warning in warnings:
-            self.count("shapes", warning, 1)
-        if warnings:
-            self.log(f"warning: {path}: {'; '.join(warnings)}")
-
-    def shape(self, result: tuple, count: int) -> dict | None:
-        """A `prepare_shape` result -> the shape, or None (skipped, its `count` examples too)."""
-        if result[0] != "ok":
-            self.skip(*result[2:], count=count)
-            return None
-        shape = result[2]
-        self.count("shapes", "prepared", 1)
-        self.warn(shape["path"], shape.pop("warnings"))
-        problem = plausible_sign(shape, self.spec)
-        if problem is None:
-            return shape
-        if self.keep_implausible:
-            self.count("shapes", "implausible inside fraction, kept", 1)
-            self.log(f"warning: {shape['path']}: kept with {problem}")
-            return shape
-        self.count("shapes", "implausible inside fraction, skipped", 1)
-        self.skip("implausible inside fraction", shape["path"], problem, count=count)
-        return None
-
-    def example(self, result: tuple, split: str) -> tuple[str, dict] | None:
-        """An example job's result -> (key, example) to write, or None (skipped)."""
-        if result[0] != "ok":
-            self.skip(*result[2:])
-            return None
-        key, example = result[1], result[2]
-        self.warn(key, example.pop("warnings", ()))  # per example = per shape (OmniObject3D)
-        self.count("written", split, 1)
-        return key, example
 
 
 def _one_thread() -> None:

@@ -98,6 +98,12 @@ class Omniobject3d(PreparedBuilder):
     """Input render, mask, camera, caption, K-view grid with cameras and shape samples."""
 
     name = "omniobject3d"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Grid views: the renders nearest the generation ring (--view_selection=ring), "
+        "not frames 1, 25, 50, 75; the download as it comes (tarballs, strays).",
+    }
     example_job = staticmethod(prepare_omniobject3d)
     textured = True
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
