@@ -16,7 +16,8 @@ setup(
             "benchmarks",
         ]
     ),
-    python_requires=">=3.10",
+    # jax >= 0.10 needs 3.11; tarfile's "data" extraction filter (OmniObject3D tarballs) 3.11.4
+    python_requires=">=3.11.4",
     # Ranges tested on CPU with Python 3.11 (see README); jax 0.11.x (Python >= 3.12) on the
     # GPU host. Accelerators: the extras below (README "Install on a GPU or TPU host").
     install_requires=[
@@ -44,13 +45,6 @@ setup(
         "array-record>=0.8.6,<0.9",
         "grain>=0.2.18,<0.3",
         "tqdm>=4.67,<5",
-        # Preparation past one machine: tfds's Apache Beam support (data_pipelines/builders/
-        # beam.py; Dataflow, Flink, Spark, or the DirectRunner). Beam 2.77 caps protobuf < 7
-        # (and pyarrow < 26, python-dateutil < 3); googleapis-common-protos needs >= 6.33.5.
-        # Tested: protobuf 6.33.6, pyarrow 25.0.1 beside tensorflow-cpu 2.21, tfds 4.9.10,
-        # grain 0.2.18, tensorboard 2.21 (pip check clean).
-        "apache-beam>=2.77,<2.78",
-        "protobuf>=6.33.5,<7",
         "tensorboard>=2.20,<3",  # to view the trainer's event files
         "tensorboardX>=2.6.5,<2.7",  # writes them without importing TensorFlow
         # Weight import: safetensors reads checkpoints; transformers only for the CLIP tokenizer.
@@ -58,7 +52,15 @@ setup(
         "transformers>=5.24,<6",
     ],
     extras_require={
+        # Preparation past one machine: tfds's Apache Beam support (data_pipelines/builders/
+        # beam.py; Dataflow, Flink, Spark, or the DirectRunner). Beam 2.77 caps protobuf < 7
+        # (and pyarrow < 26, python-dateutil < 3); googleapis-common-protos needs >= 6.33.5.
+        # Tested: protobuf 6.33.6, pyarrow 25.0.1 beside tensorflow-cpu 2.21, tfds 4.9.10,
+        # grain 0.2.18, tensorboard 2.21 (pip check clean).
+        "beam": ["apache-beam>=2.77,<2.78", "protobuf>=6.33.5,<7"],
         "test": [
+            "apache-beam>=2.77,<2.78",  # the Beam tests (the `beam` extra)
+            "protobuf>=6.33.5,<7",
             "pytest>=9,<10",
             "pytest-xdist>=3.8,<4",  # two workers: the suite is compile-bound, one core each
             "ruff>=0.17.6,<0.18",

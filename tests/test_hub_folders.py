@@ -210,3 +210,12 @@ def test_variant_choice(tmp_path):
         read_weights(two, "int8")
     with pytest.raises(WeightImportError, match="no weight files"):
         read_weights(folder("empty"))
+    # a real bfloat16 file (as torch writes it; 2^100 overflows float16), the only one there
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    (tmp_path / "bf16").mkdir()
+    values = torch.tensor([3.0, 2.0**100, -0.5], dtype=torch.bfloat16)
+    save_torch({"w": values}, str(tmp_path / "bf16" / "model.bf16.safetensors"))
+    got = np.asarray(read_weights(str(tmp_path / "bf16"))["w"], np.float32)
+    np.testing.assert_array_equal(got, [3.0, 2.0**100, -0.5])
