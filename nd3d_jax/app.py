@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from nd3d_jax import config_cli
+from nd3d_jax import cli
 from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.config_check import Bool, Int, Path
 from nd3d_jax.errors import UserError
@@ -327,7 +327,12 @@ def build_ui(runner: Runner, examples: list, out: str):
             runner.log(f"request failed: {msg}")
             raise gr.Error(msg, print_exception=False) from e
         yield o.glb, None, None, o.markdown()  # the viewer first
-        runner.previews(o)
+        try:
+            runner.previews(o)
+        except Exception as e:  # noqa: BLE001  (the object is shown: keep it, say what failed)
+            runner.log(f"previews failed: {type(e).__name__}: {e}")
+            gr.Warning(f"the preview sheet and zip could not be made: {e}")
+            return
         yield o.glb, o.zip, o.preview, o.markdown()
 
     prior = ("Shap-E makes the coarse shape from the image (else the text)" if has_prior else
@@ -458,10 +463,10 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
         server.close()
 
 
-# config_cli.run options: --params sets config.params; the flags' values checked up front
+# cli.run options: --params sets config.params; the flags' values checked up front
 CLI = dict(command="generate", needs_workdir=False, extra_flags=FLAGS,
            flag_keys={"params": "params"},
            flag_specs={"port": Int(1, 65535), "warmup": Bool(), "out": Path("out")})  # fmt: skip
 
 if __name__ == "__main__":
-    config_cli.run(main, **CLI)
+    cli.run(main, **CLI)

@@ -26,7 +26,7 @@ import time
 
 import ml_collections
 
-from nd3d_jax import config_cli
+from nd3d_jax import cli
 from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.config_check import Int, Path
 from nd3d_jax.errors import UserError
@@ -121,7 +121,9 @@ def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
                     return
                 try:
                     files = write_result(result, by_name[result.name], config)
-                except OSError as e:
+                except Exception as e:  # noqa: BLE001  (this object's files only; logged)
+                    if not isinstance(e, OSError):
+                        LOG.exception("%s: writing its files failed", result.name)
                     with lock:
                         _log(f"failed: {result.name}: cannot write its files ({e})")
                         report["failed"].append(f"{result.name}: {e}")
@@ -136,14 +138,18 @@ def run(config: ml_collections.ConfigDict, args: dict, generator=None) -> dict:
 
             generator.generate_many(todo, seed=seed, indices=todo_idx, progress=done)
             bar.close()
+    except BaseException as e:  # the objects done so far stay reported
+        report["error"] = (str(e).splitlines() or [""])[0] or type(e).__name__
+        raise
     finally:
         counter.close()
-    for key in ("done", "skipped", "failed"):  # threads finish in any order
-        report[key] = sorted(report[key])
-    report["compiles"] = c = counter.summary()  # a warm cache: 0 compiled
-    os.makedirs(args["out"], exist_ok=True)
-    with open(os.path.join(args["out"], "generate_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        for key in ("done", "skipped", "failed"):  # threads finish in any order
+            report[key] = sorted(report[key])
+        report["compiles"] = counter.summary()  # a warm cache: 0 compiled
+        os.makedirs(args["out"], exist_ok=True)
+        with open(os.path.join(args["out"], "generate_report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    c = report["compiles"]
     _log(f"{len(report['done'])} generated, {len(report['skipped'])} already done, "
          f"{len(report['failed'])} failed; in {args['out']} ({c['compiled']} XLA programs "
          f"compiled, {c['cache_hits']} from the compilation cache)")  # fmt: skip
@@ -161,7 +167,7 @@ def main(config: ml_collections.ConfigDict, workdir, args: dict) -> None:
     run(config, args)
 
 
-# config_cli.run options: --params sets config.params; --out and --seed checked up front
+# cli.run options: --params sets config.params; --out and --seed checked up front
 CLI = dict(
     command="generate",
     needs_workdir=False,
@@ -172,4 +178,4 @@ CLI = dict(
 )
 
 if __name__ == "__main__":
-    config_cli.run(main, **CLI)
+    cli.run(main, **CLI)

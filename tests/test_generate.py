@@ -108,8 +108,29 @@ def test_overlapped_host_stages_give_the_serial_results(generators, object_input
                                       "files"}  # fmt: skip
 
 
+def test_overlapped_failure_stays_with_its_object(generators, object_inputs, monkeypatch):
+    """An unexpected error in one object's host stage (here the unwrapper's RuntimeError) is
+    that object's result; the batch after it is still sampled, baked and reported."""
+    gen, objects = generators[1], _objects(object_inputs, 2)
+    bake, reported = gen.bake, []
+
+    def flaky_bake(refined, views, settings=None):
+        if len(reported) == 0:
+            raise RuntimeError("xatlas packed 2 atlases")
+        return bake(refined, views, settings)
+
+    monkeypatch.setattr(gen, "bake", flaky_bake)
+    monkeypatch.setattr(gen, "batch_size", 1)
+    monkeypatch.setattr(gen, "host_workers", 1)
+    out = gen.generate_many(objects, progress=lambda n, r: reported.append(r))
+    assert isinstance(out[0], UserError) and "baking failed" in str(out[0])
+    assert str(out[0]).startswith(objects[0].name) and "\n" not in str(out[0])
+    assert not isinstance(out[1], Exception) and len(out[1].mesh.faces) > 0
+    assert reported == out
+
+
 def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
-    from nd3d_jax.pipeline.outputs import write_result
+    from nd3d_jax.pipeline.outputs import fidelity_line, write_result
 
     r = sharded_and_single[8][0]
     k, tile = 4, 32
@@ -144,6 +165,10 @@ def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
     assert 0 < fid["texture_painted"] <= fid["texture_visible_painted"] <= 1
     assert {"chamfer_l2", "f1@0.005", "f1@0.01"} <= set(fid)
     assert summary["settings"]["texture"]["size"] == 128
+    line = fidelity_line(r.fidelity)  # the logs' and the web demo's status line
+    f1 = "/".join(f"{r.fidelity[f'f1@{t}']:.3f}" for t in ("0.005", "0.01", "0.02"))
+    assert f"{fid['pieces_coarse']} -> {fid['pieces_refined']} pieces" in line
+    assert f"F1@0.005/0.01/0.02 {f1}" in line and "\n" not in line
 
 
 def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_path):

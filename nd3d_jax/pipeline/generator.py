@@ -210,13 +210,15 @@ class Generator:
 
     # ------------------------------------------------------------------ stage 5
     def bake(self, refined: trimesh.Trimesh, views: np.ndarray,
-             settings: TextureSettings | None = None):  # fmt: skip
+             settings: TextureSettings | None = None, cameras=None):  # fmt: skip
         """Stage 5: the atlas of the refined mesh and the K views baked into it (`settings`:
-        other texture settings than the config's, e.g. the web demo's texture size)."""
+        other texture settings than the config's, e.g. the web demo's texture size; `cameras`:
+        the views' cameras when they are not the model's)."""
         s = settings or self.texture_settings
         atlas, unwrapped = unwrap(refined, s)
         fill = closest_colors(refined, unwrapped.vertices)
-        out = bake(atlas, self.model.cameras, views, fill[atlas.source_vertex], s)
+        cameras = self.model.cameras if cameras is None else cameras
+        out = bake(atlas, cameras, views, fill[atlas.source_vertex], s)
         texture = np.asarray(out.texture)
         tex8 = (np.clip(texture, 0, 1) * 255 + 0.5).astype(np.uint8)
         return textured_trimesh(atlas, tex8), texture, coverage(out)
@@ -272,6 +274,8 @@ class Generator:
         pending: list[concurrent.futures.Future] = []
         try:
             next_batch = ahead.submit(prepare, chunks[0]) if chunks else None
+            if chunks:  # the sampling program compiles (or loads) while batch 0 is prepared
+                self.model.warm(self.batch_size, settings.num_steps)
             for i in range(len(chunks)):
                 ready = next_batch.result()
                 if i + 1 < len(chunks):
@@ -400,6 +404,9 @@ class Generator:
                 )  # fmt: skip
             except OBJECT_ERRORS as e:
                 results[obj.name] = _named_error(obj, e)
+            except Exception as e:  # a bug or a library failure: this object only, logged whole
+                LOG.exception("%s: baking failed", obj.name)
+                results[obj.name] = _named_error(obj, RuntimeError(f"baking failed: {e!r}"))
             on_stage(obj.name, "files", STAGE_START["files"])
             report(obj.name, results[obj.name])
 

@@ -181,6 +181,23 @@ class MultiView:
             self._sample[steps] = jax.jit(run, out_shardings=rows)
         return self._sample[steps]
 
+    def warm(self, batch_size: int, num_steps: int | None = None) -> None:
+        """Traces, lowers and compiles (or loads from the compilation cache) the sampling
+        program of `batch_size` objects before any object is ready: `Generator.generate_many`
+        calls it while its first batch is prepared, so the two overlap. The later `sample`
+        call with real inputs of these shapes reuses it."""
+        stand_in = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+        image = np.zeros((self.config.image.size,) * 2 + (3,), np.uint8)
+        example = self.example(stand_in, image, "")
+        rows = NamedSharding(self.mesh, P(sharding.BATCH_AXES))
+        batch = {k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)), np.asarray(v).dtype,
+                                         sharding=rows)
+                 for k, v in example.items()}  # fmt: skip
+        key = jax.random.key(0)
+        keys = jax.ShapeDtypeStruct((batch_size,), key.dtype, sharding=rows)
+        guidance = jax.ShapeDtypeStruct((), np.float32)
+        self.sample_fn(num_steps).lower(self.params, batch, keys, guidance).compile()
+
     def sample(self, examples: list[dict], keys: jax.Array, batch_size: int,
                num_steps: int | None = None, guidance: float | None = None) -> dict:  # fmt: skip
         """Samples `examples` (at most `batch_size`; padded to it so every call has one

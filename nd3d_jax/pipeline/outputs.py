@@ -115,12 +115,14 @@ def summary(result, config) -> dict:
 
 
 def fidelity_line(fidelity: dict) -> str:
-    """One line for logs and the web demo's status: pieces, F1@0.01, texture coverage."""
+    """One line for logs and the web demo's status: pieces, F1@{0.005, 0.01, 0.02},
+    Chamfer-L2, texture coverage."""
     if not fidelity:
         return ""
+    f1 = "/".join(f"{fidelity[f'f1@{t}']:.3f}" for t in ("0.005", "0.01", "0.02"))
     return (
         f"refined vs coarse: {fidelity['pieces_coarse']} -> {fidelity['pieces_refined']} "
-        f"pieces, F1@0.01 {fidelity['f1@0.01']:.3f}, Chamfer-L2 {fidelity['chamfer_l2']:.2g}; "
+        f"pieces, F1@0.005/0.01/0.02 {f1}, Chamfer-L2 {fidelity['chamfer_l2']:.2g}; "
         f"texture painted {fidelity['texture_painted']:.0%} "
         f"({fidelity['texture_visible_painted']:.0%} of what the views see)"
     )
