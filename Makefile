@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh machine (python3 >= 3.10 is all they need):
+# Two commands do all the set-up on a fresh machine (python3 >= 3.11.4 is all they need):
 #   make demo   creates .venv, installs the package, runs the main job on built-in data
 #   make test   creates .venv, installs the package with test extras, runs ruff + pytest
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo refine-demo test bench format clean app
+.PHONY: venv demo refine-demo test bench format clean app gpu-wheels
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ app: $(VENV)/.installed-app
 
 refine-demo: $(STAMP)
 	$(BIN)/python -m nd3d_jax.refine_demo --config=configs/refine_demo.py --workdir=out/refine_demo
+
+# Wheels the GPU host lacks (CPython 3.12, x86_64; ~40 MB), for benchmarks/gpu.sh, which
+# installs them there: `make gpu-wheels`, then run(command="bash benchmarks/gpu.sh",
+# carry=[".whl"]). Versions as tested here (setup.py's ranges).
+GPU_WHEELS := grain==0.2.18 array-record==0.8.6 cloudpickle==3.1.3 portpicker==1.6.0 \
+	trimesh==5.2.0 ml-collections==1.1.0 libigl==2.6.3 xatlas==0.0.11 \
+	fast-simplification==0.2.0 rtree==1.4.1 embreex==4.4.0.post1 einops==0.8.2 \
+	charset-normalizer==3.5.3 diffusers==0.42.1
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl/gen $(GPU_WHEELS)
 
 # The Khronos glTF validator, which the tests run on every GLB we write.
 GLTF_VALIDATOR := .tools/node_modules/gltf-validator/package.json
@@ -71,4 +83,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .tools out .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .tools .whl out .pytest_cache .ruff_cache *.egg-info

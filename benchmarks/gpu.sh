@@ -12,7 +12,8 @@
 # Each part runs under `timeout`, writes $OUT/<part>_gpu.json (and <part>.log); a failing part
 # does not stop the others. The end prints one table and writes $OUT/gpu_summary.json.
 # Wheels missing on the device (ml_collections, trimesh, grain, diffusers, ...) come from
-# .whl/gen (git-ignored: carry it) into /tmp/site, appended to sys.path through GEN_SITE.
+# .whl/gen (`make gpu-wheels`; git-ignored: carry it) into /tmp/site, appended to sys.path
+# through GEN_SITE.
 #
 # Device:  run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540)
 # Here:    QUICK=1 bash benchmarks/gpu.sh   (or --quick: tiny sizes on CPU, ~7 min on 2 busy cores)
@@ -27,6 +28,7 @@ PY=${PYTHON:-python}
 T0=$(date +%s)
 
 if ! $PY -c "import ml_collections, trimesh, grain, diffusers" 2>/dev/null; then
+  ls .whl/gen/*.whl >/dev/null 2>&1 || echo "gpu.sh: no .whl/gen: run 'make gpu-wheels' here and carry .whl" >&2
   $PY -m pip install -q --no-index --no-deps --target "$GEN_SITE" .whl/gen/*.whl \
     || echo "gpu.sh: wheel install failed; parts needing them will fail" >&2
 fi
