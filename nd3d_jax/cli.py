@@ -37,19 +37,19 @@ def run(
 
     `command` (default: the module run with `python -m`, e.g. `train`) must match the config's
     `command` key when it has one, and names its schema (`nd3d_jax.config_schema`). Before
-    `main`, in this order: `flag_keys` ({flag: dotted config key}) copy the command's flags
-    into the config; every value is checked against the schema (types, ranges, choices; and
+    `main`, in this order: `flag_keys` ({flag: dotted config key}) copy the command's flags into
+    the config; every value is checked against the schema (types, ranges, choices; and
     `choices()`, the command's own {dotted key: allowed values}); `--print_config` prints and
-    returns; the workdir must be a writable folder (or creatable) whose checkpoints, if any,
-    fit the config (`check_workdir`); the schema's paths and the command's `flag_specs`
-    ({flag: Spec}) are checked; logging is set up; with a workdir `save_run_files` writes
-    config.json and run.json (in a multi-process run, after `main`, once JAX is initialised). So no data, weight or compile
-    step starts on a bad value. A `UserError` anywhere is one line on stderr and exit code 2
-    (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's own string
-    flags: `main` then gets a third argument, {name: value or None}. `path_kinds`: only the
-    schema's paths of these kinds are checked (a command that reads no data; default all).
-    The persistent compilation cache is turned on just before `main` (`compile_cache.setup`:
-    the config's `compilation_cache` key, `ND3D_COMPILATION_CACHE`).
+    returns; the workdir must be a writable folder (or creatable) whose checkpoints, if any, fit
+    the config (`check_workdir`); the schema's paths and the command's `flag_specs` ({flag:
+    Spec}) are checked; logging is set up; with a workdir `save_run_files` writes config.json
+    and run.json (in a multi-process run, after `main`, once JAX is initialised). So no data,
+    weight or compile step starts on a bad value. A `UserError` anywhere is one line on stderr
+    and exit code 2 (`--debug`: the traceback). `extra_flags` ({name: help}) are the command's
+    own string flags: `main` then gets a third argument, {name: value or None}. `path_kinds`:
+    only the schema's paths of these kinds are checked (a command that reads no data; default
+    all). The persistent compilation cache is turned on just before `main`
+    (`compile_cache.setup`: the config's `compilation_cache` key, `ND3D_COMPILATION_CACHE`).
     """
     argv = list(sys.argv if argv is None else argv)
     module = config_cli.command_module()

@@ -12,9 +12,15 @@ import trimesh
 from configs.generate import get_config
 from nd3d_jax.geometry import analytic, thin_parts
 from nd3d_jax.geometry.extract import extract_mesh, mesh_from_sdf
+from nd3d_jax.geometry.mesh_ops import drop_enclosed
 from nd3d_jax.geometry.refine import RefineSettings, refine_mesh
 from nd3d_jax.geometry.tet_grid import build_tet_grid
-from nd3d_jax.metrics.fidelity import count_pieces, refinement_fidelity, surface_fidelity
+from nd3d_jax.metrics.fidelity import (
+    count_pieces,
+    internal_samples,
+    refinement_fidelity,
+    surface_fidelity,
+)
 from nd3d_jax.pipeline import coarse as coarse_lib
 from nd3d_jax.pipeline.generator import refine_settings
 
@@ -123,6 +129,32 @@ def test_fidelity_by_hand():
         boxes.triangles.reshape(-1, 3), np.arange(36 * 2).reshape(-1, 3), process=False
     )
     assert count_pieces(soup) == 2
+
+
+def test_touching_parts_and_enclosed_pieces():
+    """A coarse mesh of two stacked boxes (the faces where they touch bound nothing) against
+    their union's surface: recall counts the bounding faces only, by hand 1. A refined surface
+    with a void sliver inside it and a part outside: the sliver is dropped, the part kept."""
+    low = trimesh.creation.box((0.4, 0.2, 0.4)).apply_translation((0, -0.1, 0))
+    high = trimesh.creation.box((0.4, 0.2, 0.4)).apply_translation((0, 0.1, 0))
+    parts, union = trimesh.util.concatenate([low, high]), trimesh.creation.box((0.4, 0.4, 0.4))
+    fid = refinement_fidelity(union, parts, samples=4000)
+    assert fid["pieces_coarse"] == fid["pieces_refined"] == 1  # welded at the shared corners
+    assert fid["f1@0.005"] == pytest.approx(1.0) and fid["chamfer_l2"] < 1e-10
+    # the touching faces are 0.32 of the parts' 1.28 area: all of them internal, none else
+    pts, idx = trimesh.sample.sample_surface(parts, 3000, seed=0)
+    internal = internal_samples(parts, pts, parts.face_normals[idx], 0.0025)
+    assert np.array_equal(internal, np.abs(pts[:, 1]) < 1e-9)
+    assert internal.mean() == pytest.approx(1 / 4, abs=0.03)
+    raw = surface_fidelity(union, parts, samples=4000)  # every face counted: recall ~3/4
+    assert raw["f1@0.005"] == pytest.approx(2 * (3 / 4) / (1 + 3 / 4), abs=0.02)
+
+    sliver = trimesh.creation.box((0.2, 0.004, 0.2))  # a void inside the union
+    outside = trimesh.creation.icosphere(2, 0.05).apply_translation((0.5, 0, 0))
+    kept, dropped = drop_enclosed(trimesh.util.concatenate([union, sliver, outside]))
+    assert dropped == 1 and count_pieces(kept) == 2
+    assert len(kept.faces) == len(union.faces) + len(outside.faces)
+    assert drop_enclosed(union) == (union, 0)
 
 
 # ---------------------------------------------------------------------------- texture fidelity

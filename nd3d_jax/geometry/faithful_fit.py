@@ -60,6 +60,9 @@ class FaithfulSettings:
     pool_points: int = 16384  # coarse-surface samples; one offset copy per band scale
     band_scales: tuple[float, ...] = (0.25, 0.5, 1.0)  # offset std of each band, in cells
     max_correction: float = 0.25  # bound of the SDF correction, in cells
+    # drop the surface's pieces enclosed by its largest one (voids: slivers of sub-cell gaps
+    # between a coarse mesh's touching parts), which no view sees (mesh_ops.drop_enclosed)
+    drop_enclosed: bool = True
 
     # each field's range or choices (types from the annotations; nd3d_jax.config_check)
     LIMITS = dict(

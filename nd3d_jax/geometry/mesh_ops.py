@@ -3,6 +3,7 @@
 - `sample_surface`: area-weighted surface points with face normals.
 - `sample_key_points`: the 2048 key points of the refinement stage (one vertex in 100).
 - `sample_faces`: the 512 faces x [normal, area, centre] that feed f_struc (one face in 10).
+- `drop_enclosed`: the pieces of a surface that lie inside its largest piece (voids).
 """
 
 from __future__ import annotations
@@ -120,3 +121,33 @@ def sample_faces(
     face_index = np.full(num_faces, -1, np.int32)
     face_index[:n] = candidates
     return FaceSamples(features, mask, face_index)
+
+
+def drop_enclosed(mesh: trimesh.Trimesh, probes: int = 8) -> tuple[trimesh.Trimesh, int]:
+    """`mesh` without the connected pieces enclosed by its largest piece (by area), and how many
+    were dropped. Such a piece bounds a void inside the solid (a sub-cell gap between two parts
+    of a coarse mesh made of touching primitives leaves slivers of them): nothing outside can
+    see it. A piece counts as enclosed when the mean generalised winding number of the largest
+    piece at up to `probes` of its vertices exceeds 1/2 (libigl's fast winding number).
+    """
+    import igl
+
+    faces = np.asarray(mesh.faces)
+    if len(faces) == 0:
+        return mesh, 0
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, len(faces))
+    counts = np.bincount(labels)
+    if len(counts) < 2:
+        return mesh, 0
+    main = int(np.argmax(np.bincount(labels, weights=mesh.area_faces)))  # the largest by area
+    v = np.asarray(mesh.vertices, np.float64)
+    outer = faces[labels == main].astype(np.int64)
+    keep = np.ones(len(counts), bool)
+    for piece in np.flatnonzero(np.arange(len(counts)) != main):
+        ids = np.unique(faces[labels == piece])
+        pick = ids[np.linspace(0, len(ids) - 1, min(probes, len(ids))).astype(int)]
+        keep[piece] = igl.fast_winding_number(v, outer, v[pick]).mean() <= 0.5
+    if keep.all():
+        return mesh, 0
+    out = mesh.submesh([np.flatnonzero(keep[labels])], append=True)
+    return out, int((~keep).sum())

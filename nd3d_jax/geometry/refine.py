@@ -40,7 +40,7 @@ from nd3d_jax.errors import UserError
 from nd3d_jax.geometry import faithful_fit
 from nd3d_jax.geometry.extract import extract_mesh
 from nd3d_jax.geometry.faithful_fit import FaithfulSettings
-from nd3d_jax.geometry.mesh_ops import sample_key_points, validate_mesh
+from nd3d_jax.geometry.mesh_ops import drop_enclosed, sample_key_points, validate_mesh
 from nd3d_jax.geometry.tet_grid import DEFAULT_MAX_DEFORM, build_tet_grid, deform_vertices
 from nd3d_jax.models.sdf_mlp import FEATURE_DIM, SDFMLP, geometric_init
 
@@ -325,6 +325,10 @@ def _refine_faithful(coarse_mesh, field, settings: RefineSettings, mesh, log) ->
 
     t = time.perf_counter()
     refined = extract_mesh(grid, values)  # the displacement head stays 0 (eq 6 only penalises it)
+    dropped = 0
+    if f.drop_enclosed:
+        refined, dropped = drop_enclosed(refined)
     timings["extract_s"] = time.perf_counter() - t
-    log(f"marching tetrahedra: {len(refined.faces)} faces ({timings['extract_s']:.1f}s)")
+    log(f"marching tetrahedra: {len(refined.faces)} faces ({timings['extract_s']:.1f}s)"
+        + (f", {dropped} enclosed pieces dropped" if dropped else ""))  # fmt: skip
     return RefineResult(refined, losses, params, surface, timings)
