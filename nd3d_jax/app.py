@@ -98,11 +98,12 @@ class Output:
 
         r, res = self.request, self.result
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        fidelity = fidelity_line(res.fidelity).replace("@", "\\@")  # "F1@0.005" is no e-mail
         what = "Done" if self.preview else "Object ready, making the preview sheet"
         return (
             f"**{what} in {sum(self.seconds.values()):.1f} s** ({stages}).  \n"
             f"{len(res.mesh.faces)} faces, texture {r.texture_size} px; "
-            f"{fidelity_line(res.fidelity)}.  \n"
+            f"{fidelity}.  \n"
             f"Seed {r.seed}, guidance {r.guidance:g}, {r.steps} steps; new XLA programs "
             f"compiled: {self.compiles}."
         )
@@ -283,6 +284,12 @@ def _request_folder(out: str, counter: list[int], r: Request) -> str:
     return os.path.join(out, f"{counter[0]:05d}", slug(stem or "object"))
 
 
+def _shown(path: str) -> str:
+    """A path as the page shows it: relative to the working folder when it lies inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _image_input(gr, **kwargs):
     """A gr.Image whose upload reaches the handler as its file, undecoded: `read_image` then
     gives the one-line message for a file that is not an image or is too large to decode
@@ -341,7 +348,7 @@ def build_ui(runner: Runner, examples: list, out: str):
                    delete_cache=(3600, 3600)) as demo:  # fmt: skip
         gr.Markdown(
             "## NeuroDiff3D in JAX: image + text → textured 3D object\n"
-            f"Model: `{runner.gen.model.params_path}`. Stages: prior (coarse shape) → "
+            f"Model: `{_shown(runner.gen.model.params_path)}`. Stages: prior (coarse shape) → "
             "refinement → multi-view diffusion → texture baking → export. "
             f"{prior[0].upper() + prior[1:]}. One request runs at a time; others wait in "
             "the queue (their position is shown)."
