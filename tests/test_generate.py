@@ -63,15 +63,28 @@ def sharded_and_single(generators, object_inputs):
     return {n: gen.generate_many(objects) for n, gen in generators.items()}
 
 
+def _render(r: Result) -> np.ndarray:
+    """The textured mesh at its K view cameras (glTF UVs: v up; the atlas's: v down)."""
+    from nd3d_jax.texture import render_views
+
+    uv = np.asarray(r.mesh.visual.uv, np.float32) * [1, -1] + [0, 1]
+    v, f = np.asarray(r.mesh.vertices, np.float32), np.asarray(r.mesh.faces, np.int32)
+    return np.asarray(render_views(r.cameras, v, f, uv.astype(np.float32), r.texture))
+
+
 def test_sharded_batch_equals_one_device(sharded_and_single):
     eight, one = sharded_and_single[8], sharded_and_single[1]
     for a, b in zip(eight, one, strict=True):
         assert isinstance(a, Result) and isinstance(b, Result)
+        np.testing.assert_array_equal(a.refined.faces, b.refined.faces)
         np.testing.assert_allclose(a.refined.vertices, b.refined.vertices, atol=1e-5)
-        np.testing.assert_array_equal(a.mesh.faces, b.mesh.faces)
         np.testing.assert_allclose(a.views, b.views, atol=1e-5)
-        np.testing.assert_allclose(a.texture, b.texture, atol=1e-5)
-        assert a.coverage > 0.3
+        # Quadric decimation amplifies float noise (3e-7 reorders every face), so the
+        # textured meshes are compared as what they show: renders at the K view cameras.
+        assert len(a.mesh.faces) == len(b.mesh.faces)
+        ra, rb = _render(a), _render(b)
+        assert -10 * np.log10(np.mean((ra - rb) ** 2) + 1e-12) >= 40.0
+        assert abs(a.coverage - b.coverage) < 0.01 and a.coverage > 0.3
     # different objects (and keys) give different views
     assert np.abs(eight[0].views - eight[1].views).max() > 0.05
 
