@@ -13,6 +13,7 @@ meant to be oriented first (`data_pipelines.mesh_repair`): the normals read the 
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import igl
@@ -22,6 +23,15 @@ import trimesh
 from data_pipelines.mesh_repair import weld
 
 DEFAULT_COLOR = (0.5, 0.5, 0.5)  # meshes without colours or textures (most Pix3D models)
+# fast-simplification keeps one mesh in module globals between its load, simplify and return
+# calls, so two threads decimating at once swap each other's meshes: one at a time
+_DECIMATION_LOCK = threading.Lock()
+
+
+def quadric_decimation(mesh: trimesh.Trimesh, face_count: int) -> trimesh.Trimesh:
+    """trimesh's quadric decimation (fast-simplification), safe to call from several threads."""
+    with _DECIMATION_LOCK:
+        return mesh.simplify_quadric_decimation(face_count=face_count)
 
 
 def unit_cube_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -122,7 +132,7 @@ def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
     for _ in range(8):
         if len(simple.faces) <= max_faces:
             break
-        simple = simple.simplify_quadric_decimation(face_count=target)
+        simple = quadric_decimation(simple, target)
         target = max(4, int(target * max_faces / max(len(simple.faces), 1) * 0.95))
     if len(simple.faces) == 0:
         raise ValueError("mesh decimation left no faces")

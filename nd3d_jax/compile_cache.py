@@ -100,6 +100,7 @@ class CompileCounter:
         self.lowered = self.compiled = self.cache_hits = 0
         self.compile_s = self.jit_s = 0.0
         self.seconds = dict.fromkeys((TRACE_EVENT, LOWER_EVENT, BACKEND_EVENT), 0.0)
+        self.compiled_names: list[str] = []  # the programs compiled (not loaded), in order
         self._lock = threading.Lock()
         self._hit = threading.local()  # the cache-hit event comes inside its compile event
         jax.monitoring.register_event_listener(self._on_event)
@@ -124,6 +125,7 @@ class CompileCounter:
             elif event == BACKEND_EVENT:
                 self.compiled += 1
                 self.compile_s += duration
+                self.compiled_names.append(str(kwargs.get("fun_name", "?")))
 
     def summary(self) -> dict:
         with self._lock:
@@ -131,7 +133,8 @@ class CompileCounter:
                     "cache_hits": self.cache_hits, "compile_s": round(self.compile_s, 3),
                     "jit_s": round(self.jit_s, 3),
                     **{f"{k.rpartition('/')[2].removesuffix('_duration')}_s": round(v, 3)
-                       for k, v in self.seconds.items()}}  # fmt: skip
+                       for k, v in self.seconds.items()},
+                    "compiled_programs": self.compiled_names[:100]}  # fmt: skip
 
     def close(self) -> None:
         jax.monitoring.unregister_event_listener(self._on_event)

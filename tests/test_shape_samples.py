@@ -129,3 +129,20 @@ def test_closest_points_match_trimesh():
     np.testing.assert_allclose(closest, want_closest, atol=1e-9)
     on_face = trimesh.triangles.points_to_barycentric(mesh.triangles[face], closest)
     assert (on_face > -1e-9).all()
+
+
+def test_quadric_decimation_from_several_threads_equals_serial():
+    """fast-simplification keeps its mesh in module globals between calls: unlocked, 4 threads
+    decimating two meshes swap them (about 1 result in 4 here); the generator decimates in its
+    prepare thread and its host workers at once."""
+    import concurrent.futures
+
+    from data_pipelines.shape_samples import quadric_decimation
+
+    meshes = [trimesh.creation.icosphere(5), trimesh.creation.capsule(count=[64, 64])]
+    serial = [quadric_decimation(m, 800) for m in meshes]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        out = list(pool.map(lambda i: quadric_decimation(meshes[i % 2], 800), range(24)))
+    for i, mesh in enumerate(out):
+        np.testing.assert_array_equal(mesh.faces, serial[i % 2].faces)
+        np.testing.assert_array_equal(mesh.vertices, serial[i % 2].vertices)

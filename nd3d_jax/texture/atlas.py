@@ -23,6 +23,7 @@ import numpy as np
 import trimesh
 import xatlas
 
+from data_pipelines.shape_samples import quadric_decimation
 from nd3d_jax.config_check import Choice, Float, Int, Seq, check_fields
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import orthographic
@@ -116,7 +117,7 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """Quadric decimation to at most `max_faces` faces (the mesh itself when it has fewer)."""
     if max_faces == 0 or len(mesh.faces) <= max_faces:
         return mesh
-    out = mesh.simplify_quadric_decimation(face_count=max_faces)
+    out = quadric_decimation(mesh, max_faces)
     return trimesh.Trimesh(out.vertices, out.faces, process=True)
 
 
