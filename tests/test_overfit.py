@@ -41,10 +41,12 @@ def test_tiny_unet_with_adapter_overfits():
     x_t = d.q_sample(schedule, x0, noise, t)
 
     k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {
-        "adapter": nn.unbox(adapter.init(k1, cond))["params"],
-        "unet": nn.unbox(unet.init(k2, x_t, t, ctx))["params"],
-    }
+    params = jax.jit(
+        lambda k1, k2: {
+            "adapter": nn.unbox(adapter.init(k1, cond))["params"],
+            "unet": nn.unbox(unet.init(k2, x_t, t, ctx))["params"],
+        }
+    )(k1, k2)  # one compiled init (op by op, the init alone took seconds)
 
     def loss_fn(p):
         feats = adapter.apply({"params": p["adapter"]}, cond)
@@ -60,7 +62,7 @@ def test_tiny_unet_with_adapter_overfits():
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o, loss
 
-    first = float(loss_fn(params))
+    first = float(jax.jit(loss_fn)(params))
     losses = []
     for _ in range(300):
         params, opt, loss = step(params, opt)
