@@ -80,7 +80,7 @@ def test_pretrained_forward_and_freezing(tiny_clip, tiny_resnet):
     config = cond.ConditioningConfig.from_pretrained(clip.config, resnet.config)
     module = cond.Conditioning(config)
     batch = _batch(clip_dir, clip.config)
-    params = nn.unbox(module.init(jax.random.PRNGKey(0), batch))["params"]
+    params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(0), batch))["params"]
     params = cond.load_pretrained(params, clip_params, resnet_params, config)
 
     out = jax.jit(module.apply)({"params": params}, batch)
