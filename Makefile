@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo refine-demo test bench format clean app gpu-wheels
 
+# --no-compile: no byte-compiling of the 4 GB of packages at install (half the install time);
+# Python compiles what it imports, once
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +30,7 @@ demo: $(STAMP)
 
 # The web demo on http://127.0.0.1:7860 with the `make demo` model (out/demo).
 $(VENV)/.installed-app: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[app]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[app]'
 	touch $@
 
 app: $(VENV)/.installed-app
@@ -58,7 +60,7 @@ $(GLTF_VALIDATOR):
 # site-packages: tests/torch_references.py says why and puts this folder on sys.path.
 TORCH_REFS := $(VENV)/torch-refs/.installed
 $(TORCH_REFS): $(STAMP)
-	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/torch-refs \
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps --upgrade --target $(VENV)/torch-refs \
 		torchvision==0.28.0 lpips==0.1.4 clean-fid==0.1.35
 	touch $(TORCH_REFS)
 
