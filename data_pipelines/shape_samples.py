@@ -115,6 +115,39 @@ def closest_colors(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
     return surface_colors(mesh, tri, bary)
 
 
+def cluster_vertices(mesh: trimesh.Trimesh, cell: float) -> trimesh.Trimesh:
+    """Vertex clustering: vertices in one cube of side `cell` merge into their mean; faces that
+    collapse and duplicates go. Always reaches a face budget at a large enough cell, where
+    quadric decimation can stall (the result may be non-manifold)."""
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
+    cells = np.floor((vertices - vertices.min(0)) / cell).astype(np.int64)
+    _, inverse = np.unique(cells, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    counts = np.bincount(inverse)
+    merged = np.zeros((len(counts), 3))
+    np.add.at(merged, inverse, vertices)
+    merged /= counts[:, None]
+    f = inverse[faces]
+    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])]
+    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+    out = trimesh.Trimesh(merged, f[np.sort(first)], process=False)
+    out.remove_unreferenced_vertices()
+    return out
+
+
+def _cluster_to(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """The finest vertex clustering (cells from 1/128 of the box's diagonal, 1.2x larger each
+    try) with at most `max_faces` faces."""
+    cell = float(np.linalg.norm(mesh.extents)) / 128
+    out = mesh
+    for _ in range(40):
+        out = cluster_vertices(mesh, cell)
+        if len(out.faces) <= max_faces:
+            break
+        cell *= 1.2
+    return out
+
+
 def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
     """The mesh the model renders its conditions from and samples f_struc's faces of: the
     surface with vertices welded by position (scans split them along UV seams), at most
@@ -124,7 +157,7 @@ def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
 
     One decimation pass may overshoot its target or stall above it (fast-simplification stops
     at some meshes' limit): further passes on the pass's result, at smaller targets, go on
-    until the mesh fits."""
+    until the mesh fits; when they stall, vertex clustering takes it the rest of the way."""
     vertices, faces = weld(mesh.vertices, mesh.faces)
     simple = trimesh.Trimesh(vertices, faces, process=False)
     simple.remove_unreferenced_vertices()
@@ -132,8 +165,13 @@ def condition_mesh(mesh: trimesh.Trimesh, max_faces: int):
     for _ in range(8):
         if len(simple.faces) <= max_faces:
             break
+        before = len(simple.faces)
         simple = quadric_decimation(simple, target)
+        if len(simple.faces) > 0.98 * before:  # stalled: no collapse it accepts is left
+            break
         target = max(4, int(target * max_faces / max(len(simple.faces), 1) * 0.95))
+    if len(simple.faces) > max_faces:  # e.g. a refined bed stalls at 818 faces for 512
+        simple = _cluster_to(simple, max_faces)
     if len(simple.faces) == 0:
         raise ValueError("mesh decimation left no faces")
     if len(simple.faces) > max_faces:
