@@ -41,11 +41,6 @@ SLOW_FIRST = (
     "test_model_inputs.py",
     "test_unet.py",
     "test_neurodiff3d_model.py",
-    "test_refine_fidelity.py",
-    "test_shap_e.py",
-    "test_overfit.py",
-    "test_marching_tets.py",
-    "test_conditioning.py",
 )
 
 
