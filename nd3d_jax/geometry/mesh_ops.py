@@ -141,12 +141,23 @@ def drop_enclosed(mesh: trimesh.Trimesh, probes: int = 8) -> tuple[trimesh.Trime
         return mesh, 0
     main = int(np.argmax(np.bincount(labels, weights=mesh.area_faces)))  # the largest by area
     v = np.asarray(mesh.vertices, np.float64)
-    outer = faces[labels == main].astype(np.int64)
-    keep = np.ones(len(counts), bool)
+    # up to `probes` vertices of each other piece, all queried against the largest at once
+    vertex_piece = np.full(len(v), -1)
+    vertex_piece[faces.reshape(-1)] = np.repeat(labels, 3)
+    order = np.argsort(vertex_piece, kind="stable")
+    starts = np.searchsorted(vertex_piece[order], np.arange(len(counts) + 1))
+    probe, owner = [], []
     for piece in np.flatnonzero(np.arange(len(counts)) != main):
-        ids = np.unique(faces[labels == piece])
-        pick = ids[np.linspace(0, len(ids) - 1, min(probes, len(ids))).astype(int)]
-        keep[piece] = igl.fast_winding_number(v, outer, v[pick]).mean() <= 0.5
+        ids = order[starts[piece] : starts[piece + 1]]
+        probe.append(ids[np.linspace(0, len(ids) - 1, min(probes, len(ids))).astype(int)])
+        owner.append(np.full(len(probe[-1]), piece))
+    probe, owner = np.concatenate(probe), np.concatenate(owner)
+    w = igl.fast_winding_number(v, faces[labels == main].astype(np.int64), v[probe])
+    mean_w = np.bincount(owner, w, len(counts)) / np.maximum(
+        np.bincount(owner, None, len(counts)), 1
+    )
+    keep = mean_w <= 0.5
+    keep[main] = True
     if keep.all():
         return mesh, 0
     out = mesh.submesh([np.flatnonzero(keep[labels])], append=True)
