@@ -14,6 +14,7 @@ from nd3d_jax.render.camera import (
     orthographic,
     pinhole,
     project,
+    project_columns,
 )
 from nd3d_jax.render.maps import (
     depth_map,
@@ -22,7 +23,7 @@ from nd3d_jax.render.maps import (
     normal_map,
     rasterize_views,
 )
-from nd3d_jax.render.rasterize import interpolate, rasterize
+from nd3d_jax.render.rasterize import TILES, interpolate, plan, rasterize, work_counts
 
 SQUARE_V = jnp.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]], jnp.float32)
 SQUARE_F = jnp.array([[0, 1, 2], [0, 2, 3]], jnp.int32)
@@ -51,6 +52,12 @@ def test_projection_by_hand():
     uv, depth = project(cam, jnp.array([[0.0, 0.0, 0.0], [0.4, 0.2, 0.0], [0.0, 0.0, 1.0]]))
     np.testing.assert_allclose(uv, [[50, 40], [60, 35], [50, 40]], atol=1e-5)
     np.testing.assert_allclose(depth, [2.0, 2.0, 1.0])
+    pts = jnp.array([[0.0, 0.0, 0.0], [0.4, 0.2, 0.0], [0.0, 0.0, 1.0]])
+    for c in (cam, orthographic(cam.c2w, 100, 80, extent=2.0)):
+        u, v, d = project_columns(c, pts.T)
+        uv, depth = project(c, pts)
+        np.testing.assert_allclose(np.stack([u, v], -1), uv, atol=1e-5)
+        np.testing.assert_allclose(d, depth, atol=1e-6)
 
 
 def test_unit_square_exact_coverage_and_depth():
@@ -143,6 +150,43 @@ def test_overflow_is_reported():
     c2w = look_at(jnp.array([0.0, 0.0, 2.0]), up=(0, 1, 0))
     fr = _raster(pinhole(c2w, 64, 64, fov=np.pi / 2), SQUARE_V, SQUARE_F, work_budget=1, chunk=1)
     assert bool(fr.overflow) and int(fr.num_work) == 8
+
+
+def test_work_counts_size_each_tile_exactly_and_plan_picks_the_cheapest():
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.7)
+    cam = pinhole(look_at(jnp.array([0.3, -2.5, 0.8])), 64, 48, fov=0.7)
+    v, f = jnp.asarray(sphere.vertices, jnp.float32), jnp.asarray(sphere.faces)
+    counts = np.asarray(jax.jit(lambda v, f: work_counts(cam, v, f))(v, f))
+    assert counts.shape == (len(TILES),) and np.all(np.diff(counts) < 0)  # bigger tiles, fewer
+    ids = []
+    for t, c in zip(TILES, counts, strict=True):
+        fr = _raster(cam, v, f, tile=t, work_budget=int(c))
+        assert int(fr.num_work) == c and not bool(fr.overflow)
+        ids.append(np.asarray(fr.face_id))
+    for other in ids[1:]:  # the same image whatever the tile
+        np.testing.assert_array_equal(other, ids[0])
+    # By hand: items x (12 + tile^2) = 13000, 4800, 2800, 6840 -> tile 4; the budget is the
+    # bucket above 100 (128; 96 is too small).
+    assert plan([1000, 300, 100, 90]) == (4, 128)
+    assert plan([[1000, 300, 100, 90], [10, 10, 10, 10]]) == (4, 128)  # per tile, the largest
+    assert plan([1000, 300, 200, 150]) == (2, 384)  # 13000, 4800, 5600, 11400; 1.5 x 256
+
+
+def test_without_depth_test_a_flat_layout_rasterizes_the_same():
+    # A UV-atlas-like layout: a 6 x 6 grid of squares in one plane, two triangles each.
+    xs = np.linspace(-0.6, 0.6, 7)
+    vv = np.array([[x, y, 0.0] for y in xs for x in xs], np.float32)
+    corner = np.array([i * 7 + j for i in range(6) for j in range(6)])
+    ff = np.concatenate([np.stack([corner, corner + 1, corner + 8], -1),
+                         np.stack([corner, corner + 8, corner + 7], -1)])  # fmt: skip
+    ff = ff.astype(np.int32)
+    cam = orthographic(look_at(jnp.array([0.0, 0.0, 2.0]), up=(0, 1, 0)), 40, 40, extent=1.5)
+    with_z = _raster(cam, vv, ff)
+    without = _raster(cam, vv, ff, depth_test=False)
+    np.testing.assert_array_equal(without.face_id, with_z.face_id)
+    np.testing.assert_allclose(without.bary, with_z.bary, atol=1e-6)
+    np.testing.assert_allclose(without.depth, with_z.depth, atol=1e-6)
+    assert np.asarray(with_z.mask).mean() > 0.5
 
 
 def test_gradients_flow_to_attributes():

@@ -3,10 +3,13 @@
 Each face is cut into K x K pixel tiles over its screen bounding box; the (face, tile) pairs
 form a work list with a static budget (its true length is returned, overflow is flagged), and
 the list is processed in fixed-size chunks inside `lax.scan`, so memory stays bounded however
-many faces there are. Two passes over the chunks: a scatter-min of depth into the z-buffer,
-then a scatter-max of face ids among the candidates at that depth (ties go to the larger id,
-deterministically). Barycentrics are then recomputed per pixel for the winning face,
-perspective-correct, so attributes interpolate differentiably (visibility is not).
+many faces there are. `work_counts` gives the exact list length for each K in one cheap pass and
+`plan` the K and budget of least cost, so callers that can afford one host round trip (texture
+baking) size the list exactly. Two passes over the chunks: a scatter-min of depth into the
+z-buffer, then a scatter-max of face ids among the candidates at that depth (ties go to the
+larger id, deterministically); layouts with no overlap (UV atlases) skip the first.
+Barycentrics are then recomputed per pixel for the winning face, perspective-correct, so
+attributes interpolate differentiably (visibility is not).
 
 Coverage follows pixel centres, with inclusive edges; faces with a vertex closer than `near` are
 skipped (no clipping), as are degenerate ones.
@@ -14,10 +17,12 @@ skipped (no clipping), as are degenerate ones.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nd3d_jax.render.camera import Camera, project
 
@@ -50,6 +55,12 @@ def _edge(a, b, p):
     )
 
 
+def _sum3(a):
+    """a[..., 0] + a[..., 1] + a[..., 2]: XLA's CPU backend runs sums over a size-3 last axis
+    several times slower than this."""
+    return a[..., 0] + a[..., 1] + a[..., 2]
+
+
 def _screen_bary(tri_uv, p):
     """Screen-space barycentrics of points p (..., 2) in triangles tri_uv (..., 3, 2)."""
     a, b, c = tri_uv[..., 0, :], tri_uv[..., 1, :], tri_uv[..., 2, :]
@@ -64,7 +75,61 @@ def _perspective_bary(lam, tri_z, orthographic: bool):
     if orthographic:
         return lam
     w = lam / tri_z
-    return w / jnp.sum(w, axis=-1, keepdims=True)
+    return w / _sum3(w)[..., None]
+
+
+class _Boxes(NamedTuple):
+    tri_uv: jax.Array  # (F, 3, 2) screen positions of the corners
+    tri_z: jax.Array  # (F, 3) their depths
+    lo: jax.Array  # (F, 2) first pixel column/row whose centre the bounding box covers
+    hi: jax.Array  # (F, 2) last one, clipped to the image
+    valid: jax.Array  # (F,) the face can cover a pixel centre
+
+
+def _boxes(camera: Camera, vertices, faces, face_mask, near: float) -> _Boxes:
+    height, width = camera.height, camera.width
+    uv, z = project(camera, vertices)
+    tri_uv, tri_z = uv[faces], z[faces]
+    valid = jnp.all(tri_z > near, axis=-1) & (jnp.abs(_edge(*jnp.unstack(tri_uv, axis=1))) > 1e-12)
+    if face_mask is not None:
+        valid &= face_mask
+    lo = jnp.ceil(jnp.min(tri_uv, axis=1) - 0.5).astype(jnp.int32)
+    hi = jnp.floor(jnp.max(tri_uv, axis=1) - 0.5).astype(jnp.int32)
+    lo = jnp.maximum(lo, 0)
+    hi = jnp.minimum(hi, jnp.array([width - 1, height - 1]))
+    valid &= jnp.all(hi >= lo, axis=-1)
+    return _Boxes(tri_uv, tri_z, lo, hi, valid)
+
+
+def _tiles_xy(boxes: _Boxes, tile: int) -> jax.Array:
+    """(F, 2) tiles of `tile` pixels across each face's box (0 for skipped faces)."""
+    return jnp.where(boxes.valid[:, None], -(-(boxes.hi - boxes.lo + 1) // tile), 0)
+
+
+TILES = (1, 2, 4, 8)
+# A work item's fixed cost (finding its face and tile, gathering the face) in units of one
+# candidate pixel's: fitted to CPU timings of UV-atlas and view passes at 256-1024 px.
+ITEM_COST = 12.0
+
+
+def work_counts(
+    camera: Camera, vertices, faces, face_mask=None, *, tiles=TILES, near: float = 1e-3
+) -> jax.Array:
+    """The (face, tile) pairs `rasterize` needs for each tile size in `tiles`: (len(tiles),)
+    int32. Cheap (one pass over the faces), so callers size work lists exactly: see `plan`."""
+    boxes = _boxes(camera, vertices, faces, face_mask, near)
+    return jnp.stack([jnp.sum(jnp.prod(_tiles_xy(boxes, t), axis=-1)) for t in tiles])
+
+
+def plan(counts, tiles=TILES) -> tuple[int, int]:
+    """(tile, work_budget) of least estimated cost for the counts of `work_counts` ((T,), or
+    (..., T) for a batch: the maximum per tile): an item costs ITEM_COST + tile^2 candidate
+    pixels; the budget is the count rounded up to a shared bucket (2^k or 1.5 x 2^k)."""
+    counts = np.asarray(counts).reshape(-1, len(tiles)).max(axis=0)
+    costs = [(int(c) * (ITEM_COST + t * t), t, int(c)) for t, c in zip(tiles, counts, strict=True)]
+    _, tile, count = min(costs)
+    b = 1 << max(7, math.ceil(math.log2(max(count, 1))))
+    return tile, (b * 3 // 4 if b * 3 // 4 >= count else b)
 
 
 def rasterize(
@@ -77,10 +142,13 @@ def rasterize(
     work_budget: int | None = None,
     chunk: int = 4096,
     near: float = 1e-3,
+    depth_test: bool = True,
 ) -> Fragments:
     """Rasterizes one mesh (V, 3) / (F, 3) with one camera; `jax.vmap` it for batches.
 
     `face_mask` (F,) drops padded faces, so meshes of different sizes batch at one shape.
+    `depth_test=False` skips the z-buffer pass for meshes whose faces never overlap on screen
+    or lie at one depth (UV atlases): the larger face id wins shared edges, as with it.
     """
     height, width = camera.height, camera.width
     num_faces = faces.shape[0]
@@ -89,20 +157,9 @@ def rasterize(
     chunk = min(chunk, -(-work_budget // 128) * 128)  # small meshes: no padded chunk work
     work_budget = -(-work_budget // chunk) * chunk  # whole chunks
 
-    uv, z = project(camera, vertices)
-    tri_uv, tri_z = uv[faces], z[faces]  # (F, 3, 2), (F, 3)
-    valid = jnp.all(tri_z > near, axis=-1) & (jnp.abs(_edge(*jnp.unstack(tri_uv, axis=1))) > 1e-12)
-    if face_mask is not None:
-        valid &= face_mask
-
-    # Pixel columns/rows whose centres the bounding box covers, clipped to the image.
-    lo = jnp.ceil(jnp.min(tri_uv, axis=1) - 0.5).astype(jnp.int32)
-    hi = jnp.floor(jnp.max(tri_uv, axis=1) - 0.5).astype(jnp.int32)
-    lo = jnp.maximum(lo, 0)
-    hi = jnp.minimum(hi, jnp.array([width - 1, height - 1]))
-    extent = hi - lo + 1
-    valid &= jnp.all(extent > 0, axis=-1)
-    tiles_xy = jnp.where(valid[:, None], -(-extent // tile), 0)  # (F, 2)
+    boxes = _boxes(camera, vertices, faces, face_mask, near)
+    tri_uv, tri_z, lo, hi = boxes.tri_uv, boxes.tri_z, boxes.lo, boxes.hi
+    tiles_xy = _tiles_xy(boxes, tile)  # (F, 2)
     n_tiles = tiles_xy[:, 0] * tiles_xy[:, 1]
     ends = jnp.cumsum(n_tiles)
     num_work = ends[-1]
@@ -121,7 +178,7 @@ def rasterize(
         inside = jnp.all(lam >= 0, axis=-1) & jnp.all(pix <= hi[f][:, None], axis=-1)
         inside &= (item < num_work)[:, None]
         bary = _perspective_bary(lam, tri_z[f][:, None], camera.orthographic)
-        depth = jnp.sum(bary * tri_z[f][:, None], axis=-1)
+        depth = _sum3(bary * tri_z[f][:, None])
         flat = jnp.where(inside, pix[..., 1] * width + pix[..., 0], height * width)
         return flat.reshape(-1), jnp.where(inside, depth, jnp.inf).reshape(-1), f
 
@@ -131,11 +188,12 @@ def rasterize(
         flat, depth, _ = candidates(item)
         return zbuf.at[flat].min(depth, mode="drop"), None
 
-    zbuf, _ = jax.lax.scan(depth_pass, jnp.full(height * width, jnp.inf), items)
+    if depth_test:
+        zbuf, _ = jax.lax.scan(depth_pass, jnp.full(height * width, jnp.inf), items)
 
     def id_pass(ids, item):
         flat, depth, f = candidates(item)
-        win = depth == zbuf[jnp.minimum(flat, height * width - 1)]
+        win = depth == zbuf[jnp.minimum(flat, height * width - 1)] if depth_test else flat >= 0
         fid = jnp.broadcast_to(f[:, None], (chunk, tile * tile)).reshape(-1)
         return ids.at[jnp.where(win, flat, height * width)].max(fid, mode="drop"), None
 
@@ -150,7 +208,11 @@ def rasterize(
     lam = _screen_bary(tri_uv[fid], centre)
     bary = _perspective_bary(lam, tri_z[fid], camera.orthographic)
     bary = jnp.where(hit[..., None], bary, 0.0)
-    depth = jnp.where(hit, zbuf.reshape(height, width), 0.0)
+    if depth_test:
+        depth = zbuf.reshape(height, width)
+    else:
+        depth = _sum3(bary * tri_z[fid])
+    depth = jnp.where(hit, depth, 0.0)
     return Fragments(face_id, bary, depth, num_work.astype(jnp.int32), work_budget)
 
 
@@ -161,7 +223,7 @@ def interpolate(fragments: Fragments, faces: jax.Array, attributes: jax.Array) -
     """
     fid = jnp.maximum(fragments.face_id, 0)
     corner = attributes[faces[fid]]  # (H, W, 3, C)
-    value = jnp.sum(fragments.bary[..., None] * corner, axis=-2)
+    value = _sum3(jnp.moveaxis(fragments.bary[..., None] * corner, -2, -1))
     return jnp.where(fragments.mask[..., None], value, 0.0)
 
 

@@ -14,6 +14,7 @@ faces, 3.5 s at 20k on one core). Meshes above `TextureSettings.max_faces` are d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ from data_pipelines.shape_samples import quadric_decimation
 from nd3d_jax.config_check import Choice, Float, Int, Seq, check_fields
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import orthographic
-from nd3d_jax.render.rasterize import default_work_budget, face_normals, interpolate, rasterize
+from nd3d_jax.render.rasterize import face_normals, interpolate, plan, rasterize, work_counts
 from nd3d_jax.texture.charts import unwrap_charts
 
 UNWRAPPERS = ("charts", "xatlas")
@@ -190,10 +191,17 @@ def uv_camera(size: int):
     return orthographic(c2w, size, size, extent=1.0)
 
 
-def texel_fragments_padded(vertices, faces, uvs, normals, face_mask, size: int, budget: int):
-    """`texel_fragments` on padded arrays (traceable; `size` and `budget` static)."""
-    flat = jnp.concatenate([uvs[:, :1], 1.0 - uvs[:, 1:2], jnp.zeros_like(uvs[:, :1])], -1)
-    frags = rasterize(uv_camera(size), flat, faces, face_mask, work_budget=budget)
+def uv_plane(uvs):
+    """Atlas UVs (V, 2) as points (V, 3) that `uv_camera` sees at their texels."""
+    return jnp.concatenate([uvs[:, :1], 1.0 - uvs[:, 1:2], jnp.zeros_like(uvs[:, :1])], -1)
+
+
+def texel_fragments_padded(vertices, faces, uvs, normals, face_mask, size: int, budget: int,
+                           tile: int = 8):  # fmt: skip
+    """`texel_fragments` on padded arrays (traceable; `size`, `budget` and `tile` static).
+    Charts never overlap and all lie at one depth: no z-buffer pass."""
+    frags = rasterize(uv_camera(size), uv_plane(uvs), faces, face_mask, work_budget=budget,
+                      tile=tile, depth_test=False)  # fmt: skip
     hit = frags.mask[..., None]
     n = interpolate(frags, faces, normals)
     n = n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
@@ -231,15 +239,22 @@ def padded_arrays(atlas: UVAtlas):
     )
 
 
-_texel_jit = jax.jit(texel_fragments_padded, static_argnames=("size", "budget"))
+_texel_jit = jax.jit(texel_fragments_padded, static_argnames=("size", "budget", "tile"))
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def uv_work_counts(uvs, faces, face_mask, size: int):
+    """`work_counts` of the UV-space rasterization at each tile size of `TILES`."""
+    return work_counts(uv_camera(size), uv_plane(uvs), faces, face_mask)
 
 
 def texel_fragments(atlas: UVAtlas) -> TexelFragments:
     """UV-space rasterization of the atlas at its texture size: which face, where in 3D and with
     which normal each texel centre lies (jitted, padded to bucket sizes)."""
     arrays = padded_arrays(atlas)
-    budget = default_work_budget(len(arrays["faces"]), atlas.size, atlas.size, 8)
-    out = _texel_jit(**arrays, size=atlas.size, budget=budget)
-    if int(out.num_work) > budget:  # charts never overlap: only slivers get here
-        out = _texel_jit(**arrays, size=atlas.size, budget=bucket(int(out.num_work)))
+    counts = uv_work_counts(arrays["uvs"], arrays["faces"], arrays["face_mask"], atlas.size)
+    tile, budget = plan(counts)
+    out = _texel_jit(**arrays, size=atlas.size, budget=budget, tile=tile)
+    if int(out.num_work) > budget:  # the count and the pass disagree only by rounding
+        out = _texel_jit(**arrays, size=atlas.size, budget=bucket(int(out.num_work)), tile=tile)
     return out

@@ -20,6 +20,12 @@ view sees take the colour of the nearest painted surface: each face's mean paint
 spread to its corners, then `fill_rings` rings outward over the mesh's edges (welded across
 seams); beyond that the `fill` colours (per atlas vertex, the coarse colours) interpolated.
 Charts are then dilated into the gaps.
+
+Three programs: the rasterizer's work counts (each pass gets its tile size and an exact work
+list), the UV pass (which texels lie on charts; their count sets the next program's size), then
+the bake over the chart texels only, their values held as separate x, y, z arrays so every
+per-texel step is elementwise (on CPU, 3-4x faster than (N, 3) arrays; 0.3 s at 1024 px and
+20k faces on 2 cores, from 2.6 s).
 """
 
 from __future__ import annotations
@@ -32,16 +38,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from nd3d_jax.errors import UserError
-from nd3d_jax.render.camera import Camera, project
-from nd3d_jax.render.rasterize import default_work_budget, rasterize
+from nd3d_jax.render.camera import Camera, project_columns
+from nd3d_jax.render.rasterize import face_normals, plan, rasterize, work_counts
 from nd3d_jax.texture.atlas import (
     TextureSettings,
     UVAtlas,
     bucket,
     padded_arrays,
-    texel_fragments_padded,
+    uv_camera,
+    uv_plane,
+    uv_work_counts,
 )
-from nd3d_jax.texture.render import bilinear_taps
 
 
 class BakeResult(NamedTuple):
@@ -112,54 +119,122 @@ def dilate_colors(color: jax.Array, known: jax.Array, steps: int) -> jax.Array:
     return jnp.where(grown[..., None], color, mean)
 
 
-def _view_sample(camera: Camera, frags, image, tex, chart, min_cos, depth_tol, rim_weight,
-                 radius: int):  # fmt: skip
-    """One view's colour (N, 3), coverage (N,), cosine (N,) and visibility (N,) at the N
-    texels (flattened)."""
-    p = tex.position.reshape(-1, 3)
-    n = tex.normal.reshape(-1, 3)
-    fn = tex.face_normal.reshape(-1, 3)
-    fid = tex.face_id.reshape(-1)
-    xy, d = project(camera, p)
-    height, width = frags.face_id.shape
-    rows, cols, taps = bilinear_taps((height, width), xy)  # (N, 4)
+def _take(table: jax.Array, index: jax.Array) -> jax.Array:
+    """table[index] for indices known to be in bounds (no clamping: ~2x faster on CPU)."""
+    return table.at[index].get(mode="promise_in_bounds")
 
+
+Vec3 = tuple[jax.Array, jax.Array, jax.Array]  # x, y, z components, each (n,)
+
+
+def _dot(a: Vec3, b: Vec3) -> jax.Array:
+    """Per-texel dot products, written out: XLA's CPU backend runs reductions over a size-3
+    axis ~10x slower than these elementwise sums."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _unit(a: Vec3) -> Vec3:
+    inv = 1.0 / jnp.maximum(jnp.sqrt(_dot(a, a)), 1e-12)
+    return a[0] * inv, a[1] * inv, a[2] * inv
+
+
+class _Texels(NamedTuple):
+    """The chart texels, compacted to a static count n (padding entries: `valid` False); vectors
+    as three (n,) components, so every per-texel step is elementwise along n."""
+
+    index: jax.Array  # (n,) flat texel index row * S + column (S * S for padding)
+    valid: jax.Array  # (n,)
+    face: jax.Array  # (n,) face id (0 for padding)
+    bary: Vec3  # barycentrics of the texel centre in its face's UV triangle
+    position: Vec3  # world position
+    normal: Vec3  # smooth unit normal
+    face_normal: Vec3  # the face's geometric normal
+
+
+def _texels(face_id, vertices, faces, uvs, normals, n: int) -> _Texels:
+    """The chart texels of a UV-space face-id map (S, S) and their surface points."""
+    size = face_id.shape[0]
+    fid = face_id.reshape(-1)
+    index = jnp.nonzero(fid >= 0, size=n, fill_value=size * size)[0].astype(jnp.int32)
+    valid = index < size * size
+    face = jnp.where(valid, _take(fid, jnp.minimum(index, size * size - 1)), 0)
+    corner = [_take(faces[:, k], face) for k in range(3)]
+    u = ((index % size).astype(jnp.float32) + 0.5) / size
+    v = ((index // size).astype(jnp.float32) + 0.5) / size
+    (u0, u1, u2), (v0, v1, v2) = ([_take(uvs[:, j], c) for c in corner] for j in range(2))
+    area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
+    area = jnp.where(jnp.abs(area) > 1e-20, area, 1.0)
+    b0 = ((u2 - u1) * (v - v1) - (v2 - v1) * (u - u1)) / area
+    b1 = ((u0 - u2) * (v - v2) - (v0 - v2) * (u - u2)) / area
+    bary = (b0, b1, 1.0 - b0 - b1)
+
+    def lerp(table) -> Vec3:  # (V, 3) per-vertex values at the texels
+        return tuple(sum(bary[k] * _take(table[:, j], corner[k]) for k in range(3))
+                     for j in range(3))  # fmt: skip
+
+    fn = face_normals(vertices, faces)
+    fn = tuple(_take(fn[:, j], face) for j in range(3))
+    return _Texels(index, valid, face, bary, lerp(vertices), _unit(lerp(normals)), fn)
+
+
+def _view_sample(camera: Camera, frags, image, texels: _Texels, min_cos, depth_tol, rim_weight,
+                 radius: int):  # fmt: skip
+    """One view's colour (3 x (n,)), coverage, cosine and visibility (n,) at the texels:
+    elementwise over the texels, the four bilinear taps unrolled."""
+    p = texels.position
+    u, v, d = project_columns(camera, p)
+    height, width = frags.face_id.shape
     if camera.orthographic:
-        to_cam = jnp.broadcast_to(camera.c2w[:3, 2], p.shape)
+        to_cam = tuple(jnp.broadcast_to(camera.c2w[j, 2], d.shape) for j in range(3))
         footprint = 1.0 / camera.focal
     else:
-        to_cam = camera.c2w[:3, 3] - p
-        to_cam = to_cam / jnp.maximum(jnp.linalg.norm(to_cam, axis=-1, keepdims=True), 1e-12)
+        to_cam = _unit(tuple(camera.c2w[j, 3] - p[j] for j in range(3)))
         footprint = d / camera.focal
-    cos_s = jnp.sum(n * to_cam, axis=-1)
-    cos_f = jnp.sum(fn * to_cam, axis=-1)
+    cos_s = _dot(texels.normal, to_cam)
+    cos_f = _dot(texels.face_normal, to_cam)
     cos_floor = jnp.maximum(cos_f, jnp.maximum(min_cos, 1e-3))
     tan = jnp.sqrt(jnp.maximum(1.0 - cos_floor**2, 0.0)) / cos_floor
-    tol = depth_tol * d + footprint * tan  # (N,)
+    tol = depth_tol * d + footprint * tan  # (n,)
 
+    # One lookup per tap for the face and the pixel's weight: key = face * 4 + class (0:
+    # background, 1: rim, 2: inner), for meshes of up to 2^29 faces.
     mask = frags.face_id >= 0
     inner = erode(mask, radius)
-    pixel_weight = jnp.where(inner, 1.0, jnp.where(mask, rim_weight, 0.0))
-    tap_face, tap_depth = frags.face_id[rows, cols], frags.depth[rows, cols]
-    shows = mask[rows, cols] & (
-        (tap_face == fid[:, None]) | (jnp.abs(tap_depth - d[:, None]) <= tol[:, None])
-    )
-    inside = (xy[:, 0] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] >= 0) & (xy[:, 1] <= height)
-    in_view = (d > 0) & inside & chart.reshape(-1)
-    visible = in_view & (cos_f > 0) & jnp.any(shows & (taps > 0), axis=-1)
-    wt = taps * shows * pixel_weight[rows, cols]
-    coverage = jnp.where(in_view & (cos_f >= min_cos), jnp.sum(wt, axis=-1), 0.0)
-    color = jnp.sum(image[rows, cols] * wt[..., None], axis=1) / jnp.maximum(
-        jnp.sum(wt, axis=-1, keepdims=True), 1e-12
-    )
-    return color, coverage, jnp.maximum(cos_s, 0.0), visible
+    key = (frags.face_id * 4 + jnp.where(inner, 2, 1)).reshape(-1)
+    depth_map = frags.depth.reshape(-1)
+    rgb = [image[..., c].reshape(-1) for c in range(3)]
+    x, y = u - 0.5, v - 0.5  # bilinear taps around the pixel centres (clamped to the image)
+    x0, y0 = jnp.floor(x), jnp.floor(y)
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+    weights, pixels, sees = [], [], False
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        pix = jnp.clip(y0 + dy, 0, height - 1) * width + jnp.clip(x0 + dx, 0, width - 1)
+        tap = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
+        tap_key = _take(key, pix)
+        near = jnp.abs(_take(depth_map, pix) - d) <= tol
+        shows = (tap_key >= 0) & ((tap_key >> 2 == texels.face) | near)
+        sees |= shows & (tap > 0)
+        weights.append(jnp.where(shows, tap * jnp.where(tap_key & 2, 1.0, rim_weight), 0.0))
+        pixels.append(pix)
+    # Computed once: XLA would otherwise redo the taps in each colour channel's sum.
+    weights, pixels = jax.lax.optimization_barrier((weights, pixels))
+    den = sum(weights)
+    num = [sum(w * _take(c, pix) for w, pix in zip(weights, pixels, strict=True)) for c in rgb]
+    inside = (u >= 0) & (u <= width) & (v >= 0) & (v <= height)
+    in_view = (d > 0) & inside & texels.valid
+    visible = in_view & (cos_f > 0) & sees
+    coverage = jnp.where(in_view & (cos_f >= min_cos), den, 0.0)
+    inv = 1.0 / jnp.maximum(den, 1e-12)
+    return tuple(c * inv for c in num), coverage, jnp.maximum(cos_s, 0.0), visible
 
 
 def nearest_painted(color, seen, face_id, faces, face_mask, source, num_faces, rings: int):
     """Colours of the nearest painted surface at the atlas vertices: (V, 3) and a (V,) mask.
 
-    Each face's mean painted texel colour goes to its corners' welded vertices (`source`),
-    then unpainted vertices take the mean of their painted neighbours, `rings` times."""
+    Each face's mean painted texel colour (texels: `color` (N, 3), `seen` and `face_id` (N,))
+    goes to its corners' welded vertices (`source`), then unpainted vertices take the mean of
+    their painted neighbours, `rings` times."""
     nv = source.shape[0]
     fid = jnp.where(seen, face_id, num_faces)  # unseen texels into a dump segment
     f_sum = jax.ops.segment_sum(color, fid, num_faces + 1)[:num_faces]
@@ -191,12 +266,21 @@ def nearest_painted(color, seen, face_id, faces, face_mask, source, num_faces, r
     return v_col[source], known[source]
 
 
+@functools.partial(jax.jit, static_argnames=("size", "budget", "tile"))
+def _uv_pass(uvs, faces, face_mask, *, size: int, budget: int, tile: int):
+    """The atlas's face-id map (S, S), its chart texel count and the rasterizer's work."""
+    frags = rasterize(uv_camera(size), uv_plane(uvs), faces, face_mask, work_budget=budget,
+                      tile=tile, depth_test=False)  # fmt: skip
+    return frags.face_id, jnp.sum(frags.face_id >= 0), frags.num_work
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("size", "uv_budget", "view_budget", "radius", "dilate", "use_fill",
+    static_argnames=("num_texels", "view_budget", "view_tile", "radius", "dilate", "use_fill",
                      "fill_rings"),
 )  # fmt: skip
 def bake_arrays(
+    face_id,
     vertices,
     faces,
     uvs,
@@ -212,54 +296,61 @@ def bake_arrays(
     depth_tol,
     rim_weight,
     *,
-    size: int,
-    uv_budget: int,
+    num_texels: int,
     view_budget: int,
+    view_tile: int = 8,
     radius: int,
     dilate: int,
     use_fill: bool,
     fill_rings: int,
 ) -> BakeResult:
     """The bake on padded atlas arrays (V, ...) / (F, 3) with `face_mask` (F,) and `source`
-    (V,) welded vertex ids: one compiled program per bucket size, texture size and view shape.
+    (V,) welded vertex ids, given the atlas's UV face-id map (S, S) with at most `num_texels`
+    chart texels: one compiled program per bucket size, texture size and view shape.
     `fill` (V, 3) is used when `use_fill`, else unseen texels take the mean seen colour."""
-    tex = texel_fragments_padded(vertices, faces, uvs, normals, face_mask, size, uv_budget)
-    chart = tex.face_id >= 0
+    size = face_id.shape[0]
+    tx = _texels(face_id, vertices, faces, uvs, normals, num_texels)
 
     def step(acc, view):
         camera, image, vw = view
-        frags = rasterize(camera, vertices, faces, face_mask, work_budget=view_budget)
-        color, coverage, cos, vis = _view_sample(
-            camera, frags, image, tex, chart, min_cos, depth_tol, rim_weight, radius
-        )
+        frags = rasterize(camera, vertices, faces, face_mask, work_budget=view_budget,
+                          tile=view_tile)  # fmt: skip
+        color, coverage, cos, vis = _view_sample(camera, frags, image, tx, min_cos, depth_tol,
+                                                 rim_weight, radius)  # fmt: skip
         w = vw * jnp.power(cos, cos_power) * coverage
         num, den, visible, work = acc
-        return (num + w[:, None] * color, den + w, visible | vis,
-                jnp.maximum(work, frags.num_work)), None  # fmt: skip
+        num = tuple(a + w * c for a, c in zip(num, color, strict=True))
+        return (num, den + w, visible | vis, jnp.maximum(work, frags.num_work)), None
 
-    n = size * size
-    init = (jnp.zeros((n, 3)), jnp.zeros(n), jnp.zeros(n, bool), jnp.int32(0))
+    zeros = jnp.zeros(num_texels)
+    init = ((zeros,) * 3, zeros, jnp.zeros(num_texels, bool), jnp.int32(0))
     (num, den, visible, work), _ = jax.lax.scan(step, init, (cameras, views, view_weights))
-    seen = (den > 1e-12) & chart.reshape(-1)
-    color = num / jnp.maximum(den, 1e-12)[:, None]
-    sf = seen.astype(color.dtype)[:, None]
-    mean = jnp.sum(color * sf, axis=0) / jnp.maximum(jnp.sum(sf), 1.0)
+    seen = (den > 1e-12) & tx.valid
+    color = jnp.stack(num, axis=-1) / jnp.maximum(den, 1e-12)[:, None]  # (n, 3)
+    mean = jnp.sum(color * seen[:, None], axis=0) / jnp.maximum(jnp.sum(seen), 1.0)
     base = fill if use_fill else jnp.where(jnp.any(seen), mean, 0.5) * jnp.ones_like(fill)
     if fill_rings:  # the nearest painted surface first, then the fill
-        near, known = nearest_painted(color, seen, tex.face_id.reshape(-1), faces, face_mask,
-                                      source, faces.shape[0], fill_rings)  # fmt: skip
+        near, known = nearest_painted(color, seen, tx.face, faces, face_mask, source,
+                                      faces.shape[0], fill_rings)  # fmt: skip
         base = jnp.where(known[:, None], near, base)
-    corner = base[faces[jnp.maximum(tex.face_id, 0)]]  # (S, S, 3, 3)
-    unseen = jnp.sum(tex.bary[..., None] * corner, axis=-2).reshape(-1, 3)
-    texture = jnp.where(seen[:, None], color, unseen).reshape(size, size, 3)
-    texture = dilate_colors(jnp.clip(texture, 0.0, 1.0), chart, dilate)
+    corner = [_take(faces[:, k], tx.face) for k in range(3)]
+    unseen = jnp.stack([sum(tx.bary[k] * _take(base[:, j], corner[k]) for k in range(3))
+                        for j in range(3)], axis=-1)  # fmt: skip
+    texel = jnp.clip(jnp.where(seen[:, None], color, unseen), 0.0, 1.0)
+
+    def scatter(values, empty):  # (n, ...) at the texels -> (S, S, ...)
+        out = jnp.full((size * size, *values.shape[1:]), empty, values.dtype)
+        return out.at[tx.index].set(values, mode="drop").reshape(size, size, *values.shape[1:])
+
+    chart = face_id >= 0
+    texture = dilate_colors(scatter(texel, 0.0), chart, dilate)
     return BakeResult(
         texture=texture,
-        weight=jnp.where(seen, den, 0.0).reshape(size, size),
-        seen=seen.reshape(size, size),
+        weight=scatter(jnp.where(seen, den, 0.0), 0.0),
+        seen=scatter(seen, False),
         chart=chart,
-        visible=visible.reshape(size, size),
-        num_work=jnp.stack([tex.num_work, work]),
+        visible=scatter(visible, False),
+        num_work=work,
     )
 
 
@@ -272,7 +363,10 @@ def bake(
 ) -> BakeResult:
     """Bakes K views (K, H, W, 3) in [0, 1] seen by `cameras` (a batch of K, width W, height H)
     into an `atlas.size` texture. `fill` (V, 3) in [0, 1], one colour per atlas vertex (see
-    `atlas_colors`), paints the chart texels no view sees (None: their mean seen colour)."""
+    `atlas_colors`), paints the chart texels no view sees (None: their mean seen colour).
+
+    Three programs: the rasterizer's work counts (so each pass gets its tile size and an exact
+    work list), the UV pass (which texels lie on charts), then the bake over those texels."""
     settings = settings or TextureSettings()
     views = jnp.asarray(views, jnp.float32)
     if views.ndim != 4 or views.shape[-1] != 3:
@@ -296,11 +390,17 @@ def bake(
             raise UserError(f"texture bake: fill must be ({nv}, 3), one per atlas vertex")
         fill = np.pad(np.clip(fill, 0.0, 1.0), ((0, len(arrays["vertices"]) - nv), (0, 0)))
     size = atlas.size
-    num_faces = len(arrays["faces"])
-    uv_budget = default_work_budget(num_faces, size, size, 8)
-    view_budget = default_work_budget(num_faces, height, width, 8)
-    for _ in range(2):  # a second try only when a rasterizer pass overflowed its budget
+    uv_counts, view_counts = _work_counts(arrays["vertices"], arrays["faces"], arrays["uvs"],
+                                          arrays["face_mask"], cameras, size)  # fmt: skip
+    (uv_tile, uv_budget), (view_tile, view_budget) = plan(uv_counts), plan(view_counts)
+    uv_args = (arrays["uvs"], arrays["faces"], arrays["face_mask"])
+    face_id, num_texels, uv_work = _uv_pass(*uv_args, size=size, budget=uv_budget, tile=uv_tile)
+    if int(uv_work) > uv_budget:  # the count and the pass disagree only by rounding
+        face_id, num_texels, uv_work = _uv_pass(*uv_args, size=size, budget=bucket(int(uv_work)),
+                                                tile=uv_tile)  # fmt: skip
+    for _ in range(2):  # a second try only when a view pass needed more than its count said
         out = bake_arrays(
+            face_id,
             **arrays,
             source=jnp.asarray(source),
             fill=jnp.zeros_like(arrays["vertices"]) if fill is None else jnp.asarray(fill),
@@ -311,20 +411,25 @@ def bake(
             min_cos=jnp.float32(settings.min_cos),
             depth_tol=jnp.float32(settings.depth_tolerance),
             rim_weight=jnp.float32(settings.rim_weight),
-            size=size,
-            uv_budget=uv_budget,
+            num_texels=bucket(int(num_texels)),
             view_budget=view_budget,
+            view_tile=view_tile,
             radius=rim_levels(settings.silhouette_erode, width),
             dilate=settings.dilate,
             use_fill=fill is not None,
             fill_rings=settings.fill_rings,
         )
-        uv_work, view_work = (int(w) for w in out.num_work)
-        if uv_work <= uv_budget and view_work <= view_budget:
-            return out
-        uv_budget = max(uv_budget, bucket(uv_work))
-        view_budget = max(view_budget, bucket(view_work))
-    raise RuntimeError(f"texture bake: rasterizer work {uv_work}, {view_work} over budget")
+        if int(out.num_work) <= view_budget:
+            return out._replace(num_work=jnp.stack([uv_work, out.num_work]))
+        view_budget = bucket(int(out.num_work))
+    raise RuntimeError(f"texture bake: rasterizer work {int(out.num_work)} over budget")
+
+
+@functools.partial(jax.jit, static_argnames=("size",))
+def _work_counts(vertices, faces, uvs, face_mask, cameras: Camera, size: int):
+    """Rasterizer work per tile size: the UV pass's (T,) and the K views' (K, T)."""
+    views = jax.vmap(lambda c: work_counts(c, vertices, faces, face_mask))(cameras)
+    return uv_work_counts.__wrapped__(uvs, faces, face_mask, size), views
 
 
 def atlas_colors(atlas: UVAtlas, colors) -> np.ndarray:
