@@ -107,6 +107,7 @@ def bad_inputs(tmp_path_factory):
     mesh.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
 
     tiny_cfg = "--config=configs/neurodiff3d.py:variant=tiny"
+    gen = "--config=configs/generate.py:tiny"
     w = f"--workdir={tmp}/w"
     train = "nd3d_jax.train"
     cases = [
@@ -163,6 +164,16 @@ def bad_inputs(tmp_path_factory):
         ("generate: unwritable out", "nd3d_jax.generate",
          ["--config=configs/generate.py:tiny", "--text=a", "--out=/proc/nd3d_none/out"],
          ["--out=/proc/nd3d_none/out", "not writable"]),
+        ("generate: no input", "nd3d_jax.generate", [gen, f"--out={tmp}/g"],
+         ["give --image and/or --text"]),
+        ("generate: no model", "nd3d_jax.generate", [gen, f"--out={tmp}/g", "--text=a chair"],
+         ["no model: pass --params"]),
+        ("generate: image missing", "nd3d_jax.generate",
+         [gen, f"--out={tmp}/g", "--image=nope.png"], ["image not found: nope.png"]),
+        ("generate: no out", "nd3d_jax.generate", [gen, "--text=a chair"],
+         ["--out=DIR is required"]),
+        ("generate: coarse mesh missing", "nd3d_jax.generate",
+         [gen, f"--out={tmp}/g", "--text=t", "--coarse_mesh=a.txt"], ["coarse mesh not found"]),
         ("evaluate: data not prepared", "nd3d_jax.evaluate",
          ["--config=configs/evaluate.py:tiny", f"--generated={tmp}", f"--data_dir={empty}",
           f"--out={tmp}/eval"], ["--data_dir=", "no prepared data set"]),
@@ -196,7 +207,9 @@ CASES = [
     "workdir of another model", "bad value", "no workdir", "no config", "config file missing",
     "bad verbosity", "unknown flag", "refine: wrong config", "refine: unknown key",
     "refine: shape kind", "params: wrong config", "params: missing weights", "workdir is a file",
-    "batch_size 0", "generate: unwritable out", "evaluate: data not prepared",
+    "batch_size 0", "generate: unwritable out", "generate: no input", "generate: no model",
+    "generate: image missing", "generate: no out", "generate: coarse mesh missing",
+    "evaluate: data not prepared",
     "render: missing mesh", "render: directory", "render: out extension", "render: size",
     "synthetic: non-empty out", "synthetic: layout", "prepare: missing manual_dir",
     "convert: missing folder", "benchmark: unknown suite",

@@ -232,26 +232,6 @@ def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_pat
     assert {p: open(p, "rb").read() for p in glbs} == first  # the cached programs' results
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--out=X"], "give --image and/or --text"),
-        (["--out=X", "--text=a chair"], "no model: pass --params"),
-        (["--out=X", "--image=nope.png"], "image not found: nope.png"),
-        (["--text=a chair"], "--out=DIR is required"),
-        (["--out=X", "--text=t", "--coarse_mesh=a.txt"], "coarse mesh not found"),
-    ],
-)
-def test_command_errors(args, message, tmp_path):
-    config = os.path.join(ROOT, "configs/generate.py:tiny")
-    cmd = [sys.executable, "-m", "nd3d_jax.generate", f"--config={config}", *args]
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                         env={**os.environ, "PYTHONPATH": ROOT})  # fmt: skip
-    assert run.returncode == 2, run.stderr
-    assert message in run.stderr and "Traceback" not in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1
-
-
 def test_prepare_image_crops_rgba_and_keeps_rgb_whole():
     rgba = np.zeros((50, 80, 4), np.uint8)
     rgba[10:30, 20:30] = [200, 10, 10, 255]  # a 20 x 10 object
