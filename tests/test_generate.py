@@ -185,9 +185,9 @@ def test_result_is_a_textured_mesh(sharded_and_single, tmp_path):
 
 
 def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_path):
-    """Two objects and a bad line; run again: nothing to do (the model is not even loaded);
-    with the objects' folders deleted, a third process makes the same files and compiles no
-    XLA program (the persistent compilation cache, in its own folder here)."""
+    """Two objects and a bad line; with the objects' folders deleted, a second process makes
+    the same files and compiles no XLA program (the persistent compilation cache, in its own
+    folder here). Done objects are skipped: `test_nothing_to_do_loads_no_model`."""
     lines = [dict(r, name=f"o{i}") for i, r in enumerate(object_inputs[:2])]
     lines.insert(1, {"image": "missing.png", "text": "nothing here"})
     inputs = tmp_path / "inputs.jsonl"
@@ -216,11 +216,6 @@ def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_pat
     assert "line 2" in report["failed"][0] and "missing.png" in report["failed"][0]
     assert "2 generated" in stderr and "1 failed" in stderr
     assert report["compiles"]["compiled"] > 10 and os.listdir(tmp_path / "xla")
-    stamps = {p: os.path.getmtime(p) for p in glbs}
-    stderr, report = generate()
-    assert "0 generated, 2 already done" in stderr
-    assert "model from" not in stderr  # nothing to do: the model is not even loaded
-    assert {p: os.path.getmtime(p) for p in glbs} == stamps
 
     first = {p: open(p, "rb").read() for p in glbs}
     for p in glbs:
@@ -230,6 +225,30 @@ def test_command_many_objects_with_a_bad_line(tiny_model, object_inputs, tmp_pat
     c = report["compiles"]
     assert c["compiled"] == 0 and c["cache_hits"] > 10, c["compiled_programs"]
     assert {p: open(p, "rb").read() for p in glbs} == first  # the cached programs' results
+
+
+def test_nothing_to_do_loads_no_model(tiny_model, object_inputs, tmp_path, monkeypatch):
+    """A rerun whose objects are all done returns before loading the model."""
+    from configs.generate import get_config
+    from nd3d_jax import generate as generate_cmd
+    from nd3d_jax.pipeline import generator
+    from nd3d_jax.pipeline.outputs import SUMMARY
+
+    (tmp_path / "inputs.jsonl").write_text(json.dumps(dict(object_inputs[0], name="o0")) + "\n")
+    done = tmp_path / "out" / "o0"
+    done.mkdir(parents=True)
+    (done / SUMMARY).write_text("{}")  # written last: the object is done
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(generator.Generator, "__init__", no_model)
+    config = get_config("tiny")
+    config.params = tiny_model
+    args = dict(inputs=str(tmp_path / "inputs.jsonl"), out=str(tmp_path / "out"), image=None,
+                text=None, coarse_mesh=None, seed=None)  # fmt: skip
+    report = generate_cmd.run(config, args)
+    assert report["skipped"] == [str(done)] and not report["done"] and not report["failed"]
 
 
 def test_prepare_image_crops_rgba_and_keeps_rgb_whole():
