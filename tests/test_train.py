@@ -257,9 +257,7 @@ def test_non_finite_steps_change_nothing_and_are_counted():
         _assert_trees(bad[key], good[key])
 
 
-def test_sigkill_then_restart_is_bit_identical(
-    prepared, reference, tmp_path
-):
+def test_sigkill_then_restart_is_bit_identical(prepared, reference, tmp_path):
     """A run killed with SIGKILL somewhere after its first checkpoint, restarted with the same
     command, ends bit-identical to the uninterrupted run (a finished run returning at once:
     `test_finished_run_returns_without_compiling`). The workdir holds the resolved config and
