@@ -128,8 +128,13 @@ def plan(counts, tiles=TILES) -> tuple[int, int]:
     counts = np.asarray(counts).reshape(-1, len(tiles)).max(axis=0)
     costs = [(int(c) * (ITEM_COST + t * t), t, int(c)) for t, c in zip(tiles, counts, strict=True)]
     _, tile, count = min(costs)
-    b = 1 << max(7, math.ceil(math.log2(max(count, 1))))
-    return tile, (b * 3 // 4 if b * 3 // 4 >= count else b)
+    return tile, bucket(count, minimum=128)
+
+
+def bucket(n: int, minimum: int = 1024) -> int:
+    """Padded sizes 2^k or 1.5 * 2^k (>= minimum), so meshes share compiled programs."""
+    b = max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+    return b * 3 // 4 if b * 3 // 4 >= max(n, minimum) else b
 
 
 def rasterize(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -28,7 +27,14 @@ from data_pipelines.shape_samples import quadric_decimation
 from nd3d_jax.config_check import Choice, Float, Int, Seq, check_fields
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import orthographic
-from nd3d_jax.render.rasterize import face_normals, interpolate, plan, rasterize, work_counts
+from nd3d_jax.render.rasterize import (
+    bucket,
+    face_normals,
+    interpolate,
+    plan,
+    rasterize,
+    work_counts,
+)
 from nd3d_jax.texture.charts import unwrap_charts
 
 UNWRAPPERS = ("charts", "xatlas")
@@ -214,12 +220,6 @@ def texel_fragments_padded(vertices, faces, uvs, normals, face_mask, size: int, 
         face_normal=jnp.where(hit, fn, 0.0),
         num_work=frags.num_work,
     )
-
-
-def bucket(n: int, minimum: int = 1024) -> int:
-    """Padded sizes 2^k or 1.5 * 2^k (>= minimum), so meshes share compiled programs."""
-    b = max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-    return b * 3 // 4 if b * 3 // 4 >= max(n, minimum) else b
 
 
 def padded_arrays(atlas: UVAtlas):
