@@ -39,14 +39,12 @@ import numpy as np
 
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import Camera, project_columns
-from nd3d_jax.render.rasterize import face_normals, plan, rasterize, work_counts
+from nd3d_jax.render.rasterize import bucket, face_normals, plan, rasterize, work_counts
 from nd3d_jax.texture.atlas import (
     TextureSettings,
     UVAtlas,
-    bucket,
     padded_arrays,
-    uv_camera,
-    uv_plane,
+    texel_fragments_padded,
     uv_work_counts,
 )
 
@@ -266,11 +264,11 @@ def nearest_painted(color, seen, face_id, faces, face_mask, source, num_faces, r
 
 
 @functools.partial(jax.jit, static_argnames=("size", "budget", "tile"))
-def _uv_pass(uvs, faces, face_mask, *, size: int, budget: int, tile: int):
-    """The atlas's face-id map (S, S), its chart texel count and the rasterizer's work."""
-    frags = rasterize(uv_camera(size), uv_plane(uvs), faces, face_mask, work_budget=budget,
-                      tile=tile, depth_test=False)  # fmt: skip
-    return frags.face_id, jnp.sum(frags.face_id >= 0), frags.num_work
+def _uv_pass(vertices, faces, uvs, normals, face_mask, *, size: int, budget: int, tile: int):
+    """The atlas's face-id map (S, S), its chart texel count and the rasterizer's work (the
+    texel fragments' other maps are not computed: XLA drops what is not returned)."""
+    tex = texel_fragments_padded(vertices, faces, uvs, normals, face_mask, size, budget, tile)
+    return tex.face_id, jnp.sum(tex.face_id >= 0), tex.num_work
 
 
 @functools.partial(
@@ -401,7 +399,8 @@ def bake(
     uv_counts, view_counts = _work_counts(arrays["vertices"], arrays["faces"], arrays["uvs"],
                                           arrays["face_mask"], cameras, size)  # fmt: skip
     (uv_tile, uv_budget), (view_tile, view_budget) = plan(uv_counts), plan(view_counts)
-    uv_args = (arrays["uvs"], arrays["faces"], arrays["face_mask"])
+    uv_args = (arrays["vertices"], arrays["faces"], arrays["uvs"], arrays["normals"],
+               arrays["face_mask"])  # fmt: skip
     face_id, num_texels, uv_work = _uv_pass(*uv_args, size=size, budget=uv_budget, tile=uv_tile)
     if int(uv_work) > uv_budget:  # the count and the pass disagree only by rounding
         face_id, num_texels, uv_work = _uv_pass(*uv_args, size=size, budget=bucket(int(uv_work)),
@@ -437,7 +436,7 @@ def bake(
 def _work_counts(vertices, faces, uvs, face_mask, cameras: Camera, size: int):
     """Rasterizer work per tile size: the UV pass's (T,) and the K views' (K, T)."""
     views = jax.vmap(lambda c: work_counts(c, vertices, faces, face_mask))(cameras)
-    return uv_work_counts.__wrapped__(uvs, faces, face_mask, size), views
+    return uv_work_counts(uvs, faces, face_mask, size), views
 
 
 def atlas_colors(atlas: UVAtlas, colors) -> np.ndarray:
