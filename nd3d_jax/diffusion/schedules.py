@@ -76,7 +76,7 @@ def make_schedule(config: ScheduleConfig = ScheduleConfig()) -> Schedule:
     abar = np.cumprod(1.0 - betas)
     abar_prev = np.concatenate([[1.0], abar[:-1]])
     posterior = betas * (1.0 - abar_prev) / (1.0 - abar)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f32 = lambda a: jax.device_put(np.asarray(a, np.float32))  # noqa: E731
     return Schedule(f32(betas), f32(abar), f32(posterior), config.prediction_type)
 
 

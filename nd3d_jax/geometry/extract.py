@@ -51,8 +51,9 @@ def to_trimesh(result: MarchingTetsResult) -> trimesh.Trimesh:
             f"surface has {num_f} faces / {num_v} vertices, over the budget of {max_f} / "
             f"{max_v}; raise max_faces"
         )
-    vertices = np.asarray(result.vertices[:num_v], np.float64)
-    faces = np.asarray(result.faces[:num_f], np.int64)
+    # sliced on the host: a device slice compiles a program per surface size
+    vertices = np.asarray(result.vertices, np.float64)[:num_v]
+    faces = np.asarray(result.faces, np.int64)[:num_f]
     # process=False keeps the one-vertex-per-edge topology (no merging by position).
     return trimesh.Trimesh(vertices, faces, process=False)
 
@@ -98,7 +99,7 @@ def extract_mesh(
         raise ValueError("extract_mesh: deformed grid vertices contain NaN or inf")
     budget = max_faces or default_face_budget(grid.resolution)
     result = extract_jit(grid, sdf, vertices, max_faces=budget, max_vertices=budget)
-    if bool(result.overflow):
+    if int(result.num_faces) > budget or int(result.num_vertices) > budget:  # overflow
         budget = _round_budget(max(int(result.num_faces), int(result.num_vertices)))
         result = extract_jit(grid, sdf, vertices, max_faces=budget, max_vertices=budget)
     return to_trimesh(result)

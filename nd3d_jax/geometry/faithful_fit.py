@@ -139,8 +139,9 @@ def faithful_programs(
             params[head] = jax.tree.map(jnp.zeros_like, params[head])
         return params
 
-    def fit(params, key, base, feats, ids, bary, target):
+    def fit(params, key, base, feats, pool, target):
         vertices = grid_vertices(grid, jnp.arange(base.shape[0]))
+        ids, bary = locate(grid, pool)
 
         def loss_fn(p, i, w, t):
             return faithful_loss(module, p, base, feats, vertices, i, w, t, b, loss, lam)
@@ -161,8 +162,9 @@ def faithful_programs(
         (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), keys)
         return params, losses
 
-    def correct(params, vertices, feats):
-        raw, _ = module.apply({"params": params}, jnp.concatenate([vertices, feats], axis=-1))
+    def correct(params, index, feats):  # at the grid vertices `index`
+        x = jnp.concatenate([grid_vertices(grid, index), feats[index]], axis=-1)
+        raw, _ = module.apply({"params": params}, x)
         return _bound(raw[:, 0], b)
 
     return FaithfulPrograms(module, jax.jit(init), jax.jit(fit), jax.jit(correct))
@@ -196,17 +198,16 @@ def fit_and_correct(
 ):
     """Fits the correction and applies it to the band vertices: (grid SDF (V,), losses, params)."""
     t = clock()
-    ids, bary = locate(grid, pool)
     from_coarse = settings.base == "coarse"
     base = base if from_coarse else np.zeros_like(base)
-    base_d, feats_d = jnp.asarray(base), jnp.asarray(feats)
+    base_d, feats_d = jax.device_put(base), jax.device_put(feats)
     init_key, fit_key = jax.random.split(key)
     center = surface.mean(0)
     params = programs.init(init_key, center, np.linalg.norm(surface - center, axis=1).mean())
     losses = np.zeros(0, np.float32)
     if settings.steps:
         params, losses = programs.fit(
-            params, fit_key, base_d, feats_d, ids, bary, jnp.asarray(target)
+            params, fit_key, base_d, feats_d, pool, target
         )  # fmt: skip
         losses = np.asarray(losses)
     timings["fit_s"] = clock() - t
@@ -222,7 +223,7 @@ def fit_and_correct(
             part = band[start : start + QUERY_CHUNK]
             index = np.zeros(_padded(len(part)), np.int32)
             index[: len(part)] = part
-            out = programs.correct(params, grid_vertices(grid, jnp.asarray(index)), feats_d[index])
+            out = programs.correct(params, index, feats_d)
             sdf[part] += np.asarray(out)[: len(part)]
     timings["query_s"] = clock() - t
     return sdf, losses, params

@@ -48,7 +48,7 @@ def view_cameras(cameras: ml_collections.ConfigDict, k: int, size: int) -> Camer
         rot = np.eye(4)
         rot[[0, 0, 2, 2], [0, 2, 0, 2]] = [math.cos(a), math.sin(a), -math.sin(a), math.cos(a)]
         poses = rot @ poses
-    return pinhole(jnp.asarray(poses, jnp.float32), size, size, fov=cameras.fov)
+    return pinhole(poses, size, size, fov=cameras.fov)
 
 
 def _train_config(workdir: str) -> ml_collections.ConfigDict:

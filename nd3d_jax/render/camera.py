@@ -43,23 +43,34 @@ def fov_from_focal(focal: float, size: int) -> float:
     return 2.0 * math.atan(0.5 * size / focal)
 
 
-def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> jax.Array:
-    """OpenGL camera-to-world pose at `eye` looking at `target` (batched over leading axes)."""
-    eye = jnp.asarray(eye, jnp.float32)
-    target = jnp.broadcast_to(jnp.asarray(target, jnp.float32), eye.shape)
-    up = jnp.broadcast_to(jnp.asarray(up, jnp.float32), eye.shape)
+def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """OpenGL camera-to-world pose at `eye` looking at `target` (batched over leading axes),
+    computed on the host: poses are inputs, and eager jnp ops would each compile a program."""
+    eye = np.asarray(eye, np.float32)
+    target = np.broadcast_to(np.asarray(target, np.float32), eye.shape)
+    up = np.broadcast_to(np.asarray(up, np.float32), eye.shape)
     back = eye - target  # the camera's +Z points away from what it looks at
-    back = back / jnp.linalg.norm(back, axis=-1, keepdims=True)
-    right = jnp.cross(up, back)
-    norm = jnp.linalg.norm(right, axis=-1, keepdims=True)
-    if np.any(np.asarray(norm) < 1e-6):
+    back = back / np.linalg.norm(back, axis=-1, keepdims=True)
+    right = np.cross(up, back)
+    norm = np.linalg.norm(right, axis=-1, keepdims=True)
+    if np.any(norm < 1e-6):
         raise ValueError("look_at: `up` is parallel to the viewing direction")
     right = right / norm
-    true_up = jnp.cross(back, right)
-    rot = jnp.stack([right, true_up, back], axis=-1)  # columns: camera axes in world
-    top = jnp.concatenate([rot, eye[..., :, None]], axis=-1)
-    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0]), (*eye.shape[:-1], 1, 4))
-    return jnp.concatenate([top, bottom], axis=-2)
+    true_up = np.cross(back, right)
+    rot = np.stack([right, true_up, back], axis=-1)  # columns: camera axes in world
+    top = np.concatenate([rot, eye[..., :, None]], axis=-1)
+    bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0], np.float32), (*eye.shape[:-1], 1, 4))
+    return np.concatenate([top, bottom], axis=-2).astype(np.float32)
+
+
+def _f32(x, shape: tuple[int, ...] | None = None) -> jax.Array:
+    """`x` as a float32 array (broadcast to `shape`), placed from the host unless traced:
+    jnp.asarray of a host array would compile a copy program per shape."""
+    if isinstance(x, jax.core.Tracer):
+        x = jnp.asarray(x, jnp.float32)
+        return x if shape is None else jnp.broadcast_to(x, shape)
+    x = np.asarray(x, np.float32)
+    return jax.device_put(x if shape is None else np.broadcast_to(x, shape))
 
 
 def opencv_to_opengl(c2w) -> jax.Array:
@@ -76,13 +87,12 @@ def pinhole(c2w, width: int, height: int, *, fov: float | None = None, focal=Non
     """A pinhole camera from a horizontal field of view (radians) or a focal length (pixels)."""
     if (fov is None) == (focal is None):
         raise ValueError("pinhole camera: give exactly one of fov and focal")
-    c2w = jnp.asarray(c2w, jnp.float32)
-    f = focal_from_fov(fov, width) if focal is None else focal
+    c2w = _f32(c2w)
     batch = c2w.shape[:-2]
     return Camera(
         c2w=c2w,
-        focal=jnp.broadcast_to(jnp.asarray(f, jnp.float32), batch),
-        principal=jnp.broadcast_to(jnp.array([width / 2, height / 2], jnp.float32), (*batch, 2)),
+        focal=_f32(focal_from_fov(fov, width) if focal is None else focal, batch),
+        principal=_f32((width / 2, height / 2), (*batch, 2)),
         width=width,
         height=height,
     )
@@ -90,12 +100,12 @@ def pinhole(c2w, width: int, height: int, *, fov: float | None = None, focal=Non
 
 def orthographic(c2w, width: int, height: int, *, extent: float) -> Camera:
     """An orthographic camera whose image spans `extent` world units horizontally."""
-    c2w = jnp.asarray(c2w, jnp.float32)
+    c2w = _f32(c2w)
     batch = c2w.shape[:-2]
     return Camera(
         c2w=c2w,
-        focal=jnp.broadcast_to(jnp.asarray(width / extent, jnp.float32), batch),
-        principal=jnp.broadcast_to(jnp.array([width / 2, height / 2], jnp.float32), (*batch, 2)),
+        focal=_f32(width / extent, batch),
+        principal=_f32((width / 2, height / 2), (*batch, 2)),
         width=width,
         height=height,
         orthographic=True,

@@ -39,25 +39,27 @@ def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", 
     radius = float(np.linalg.norm(unit, axis=1).max()) / math.sin(FOV / 2) * 1.05
     cams = pinhole(ring_poses(views, radius, up_axis="xyz".index(up)), size, size, fov=FOV)
     faces = np.asarray(mesh.faces, np.int32)
-    colors = vertex_colors(mesh, jnp.asarray(unit, jnp.float32), jnp.asarray(faces))
+    visual = getattr(mesh, "visual", None)
+    colors = (
+        visual.vertex_colors[:, :3] / 255.0 if getattr(visual, "kind", "") == "vertex" else None
+    )
+
+    def pad(a, n):  # host arrays: jnp.asarray would compile a copy program per shape
+        return np.pad(a, ((0, n - len(a)), (0, 0)))
+
     # padded to power-of-two sizes: meshes of similar size share one compiled program
     nv, nf = _bucket(len(unit)), _bucket(len(faces))
     budget = default_work_budget(nf, size, size, 8)
-    img, num_work = _draw(
-        cams,
-        jnp.asarray(np.pad(unit, ((0, nv - len(unit)), (0, 0))), jnp.float32),
-        jnp.asarray(np.pad(faces, ((0, nf - len(faces)), (0, 0)))),
-        jnp.asarray(np.arange(nf) < len(faces)),
-        jnp.asarray(np.pad(np.asarray(colors), ((0, nv - len(unit)), (0, 0))), jnp.float32),
-        kind,
-        budget,
-    )
-    if int(jnp.max(num_work)) > budget:
-        raise RuntimeError(f"rasterizer work budget {budget} < {int(jnp.max(num_work))}")
+    img, num_work = _draw(cams, pad(unit, nv).astype(np.float32), pad(faces, nf),
+                          np.arange(nf) < len(faces),
+                          None if colors is None else pad(colors, nv).astype(np.float32),
+                          kind, budget)  # fmt: skip
+    if (work := int(np.max(num_work))) > budget:
+        raise RuntimeError(f"rasterizer work budget {budget} < {work}")
     rows = int(math.floor(math.sqrt(views)))
     while views % rows:
         rows -= 1
-    return to_uint8(grid_layout(img, rows=rows))
+    return to_uint8(grid_layout(np.asarray(img), rows=rows))
 
 
 def _bucket(n: int) -> int:
@@ -66,6 +68,8 @@ def _bucket(n: int) -> int:
 
 @functools.partial(jax.jit, static_argnames=("kind", "budget"))
 def _draw(cams, vertices, faces, face_mask, colors, kind: str, budget: int):
+    """The K views (K, H, W, 3) and the rasterizer's work; `colors` None: grey shading."""
+    colors = grey_shading(vertices, faces) if colors is None else colors
     frags = rasterize_views(cams, vertices, faces, face_mask, work_budget=budget)
     if kind == "normal":
         img = jax.vmap(lambda f: (normal_map(f, vertices, faces) + 1) / 2)(frags)
@@ -86,11 +90,9 @@ def _draw(cams, vertices, faces, face_mask, colors, kind: str, budget: int):
     return img, frags.num_work
 
 
-def vertex_colors(mesh, vertices, faces) -> jax.Array:
-    """The mesh's vertex colours in [0, 1], or grey with a headlight-like shading."""
-    visual = getattr(mesh, "visual", None)
-    if visual is not None and visual.kind == "vertex":
-        return jnp.asarray(visual.vertex_colors[:, :3] / 255.0, jnp.float32)
+def grey_shading(vertices, faces) -> jax.Array:
+    """Grey vertex colours (V, 3) lit by a fixed light from both sides: shows the shape of a
+    mesh without colours."""
     n = vertex_normals(vertices, faces)
     light = jnp.array([0.3, 0.5, 0.8]) / jnp.linalg.norm(jnp.array([0.3, 0.5, 0.8]))
     shade = 0.35 + 0.65 * jnp.abs(n @ light)

@@ -230,12 +230,14 @@ def padded_arrays(atlas: UVAtlas):
     def pad(a, n):
         return np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))
 
-    return dict(
-        vertices=jnp.asarray(pad(atlas.vertices, bv)),
-        faces=jnp.asarray(pad(atlas.faces, bf)),
-        uvs=jnp.asarray(pad(atlas.uvs, bv)),
-        normals=jnp.asarray(pad(atlas.normals, bv)),
-        face_mask=jnp.asarray(np.arange(bf) < nf),
+    return jax.device_put(  # (jnp.asarray would compile a copy program per shape)
+        dict(
+            vertices=pad(atlas.vertices, bv).astype(np.float32),
+            faces=pad(atlas.faces, bf).astype(np.int32),
+            uvs=pad(atlas.uvs, bv).astype(np.float32),
+            normals=pad(atlas.normals, bv).astype(np.float32),
+            face_mask=np.arange(bf) < nf,
+        )
     )
 
 

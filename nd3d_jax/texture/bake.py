@@ -374,7 +374,7 @@ def bake(
     Three programs: the rasterizer's work counts (so each pass gets its tile size and an exact
     work list), the UV pass (which texels lie on charts), then the bake over those texels."""
     settings = settings or TextureSettings()
-    views = jnp.asarray(views, jnp.float32)
+    views = views if isinstance(views, jax.Array) else np.asarray(views, np.float32)
     if views.ndim != 4 or views.shape[-1] != 3:
         raise UserError(f"texture bake: views must be (K, H, W, 3) RGB, got {views.shape}")
     k, height, width = views.shape[:3]
@@ -409,11 +409,11 @@ def bake(
         out = bake_arrays(
             face_id,
             **arrays,
-            source=jnp.asarray(source),
-            fill=jnp.zeros_like(arrays["vertices"]) if fill is None else jnp.asarray(fill),
+            source=source,
+            fill=np.zeros(arrays["vertices"].shape, np.float32) if fill is None else fill,
             cameras=cameras,
             views=views,
-            view_weights=jnp.asarray(weights, jnp.float32),
+            view_weights=np.asarray(weights, np.float32),
             cos_power=float(settings.cos_power),
             min_cos=jnp.float32(settings.min_cos),
             depth_tol=jnp.float32(settings.depth_tolerance),
@@ -427,7 +427,7 @@ def bake(
             fill_rings=settings.fill_rings,
         )
         if int(out.num_work) <= view_budget:
-            return out._replace(num_work=jnp.stack([uv_work, out.num_work]))
+            return out._replace(num_work=np.array([int(uv_work), int(out.num_work)]))
         view_budget = bucket(int(out.num_work))
     raise RuntimeError(f"texture bake: rasterizer work {int(out.num_work)} over budget")
 
