@@ -5,6 +5,7 @@ import pytest
 import trimesh
 
 from benchmarks.render import ray_cast_depth
+from nd3d_jax.compile_cache import CompileCounter
 from nd3d_jax.render.camera import (
     focal_from_fov,
     fov_from_focal,
@@ -21,6 +22,7 @@ from nd3d_jax.render.maps import (
     grid_layout,
     grid_split,
     normal_map,
+    plan_views,
     rasterize_views,
 )
 from nd3d_jax.render.rasterize import TILES, interpolate, plan, rasterize, work_counts
@@ -58,6 +60,26 @@ def test_projection_by_hand():
         uv, depth = project(c, pts)
         np.testing.assert_allclose(np.stack([u, v], -1), uv, atol=1e-5)
         np.testing.assert_allclose(d, depth, atol=1e-6)
+
+
+def test_cameras_are_built_on_the_host_without_compiling():
+    # eager jnp ops on host inputs compile one program per shape (jnp.asarray among them)
+    eyes = np.array([[0.3, -2.5, 0.8], [2.0, 0.5, 0.3], [0.0, 1.0, 3.0]])
+    counter = CompileCounter()
+    try:
+        cams = pinhole(look_at(eyes), 17, 13, fov=0.7)
+        ortho = orthographic(look_at(eyes[0]), 19, 11, extent=2.0)
+    finally:
+        counter.close()
+    assert counter.lowered == 0
+    assert cams.c2w.shape == (3, 4, 4) and cams.c2w.dtype == jnp.float32
+    np.testing.assert_allclose(cams.focal, [focal_from_fov(0.7, 17)] * 3, rtol=1e-6)
+    np.testing.assert_allclose(cams.principal, [[8.5, 6.5]] * 3)
+    np.testing.assert_allclose(ortho.focal, 9.5)
+    assert ortho.principal.shape == (2,)
+    # traced poses stay traceable
+    focal = jax.jit(lambda c2w, f: pinhole(c2w, 17, 13, focal=f).focal)(cams.c2w, 3.0)
+    np.testing.assert_allclose(focal, [3.0] * 3)
 
 
 def test_unit_square_exact_coverage_and_depth():
@@ -170,6 +192,13 @@ def test_work_counts_size_each_tile_exactly_and_plan_picks_the_cheapest():
     assert plan([1000, 300, 100, 90]) == (4, 128)
     assert plan([[1000, 300, 100, 90], [10, 10, 10, 10]]) == (4, 128)  # per tile, the largest
     assert plan([1000, 300, 200, 150]) == (2, 384)  # 13000, 4800, 5600, 11400; 1.5 x 256
+    # a batch of views: the plan of the largest count per tile, which none overflows
+    cams = pinhole(look_at(np.array([[0.3, -2.5, 0.8], [1.5, 0.2, 0.2]])), 64, 48, fov=0.7)
+    raster = plan_views(cams, v, f, None)
+    each = jax.vmap(lambda c: work_counts(c, v, f))(cams)  # (2, T)
+    assert (raster["tile"], raster["work_budget"]) == plan(each)
+    frags = rasterize_views(cams, v, f, **raster)
+    assert not np.any(frags.overflow) and np.max(frags.num_work) <= raster["work_budget"]
 
 
 def test_without_depth_test_a_flat_layout_rasterizes_the_same():

@@ -23,7 +23,6 @@ import os
 import shutil
 from collections.abc import Callable
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -157,7 +156,7 @@ def _write_files(result, tmp: str, config, previews: bool) -> None:
     export_obj(result.mesh, tmp, name="mesh")
     k = len(result.views)
     rows = int(math.isqrt(k)) if math.isqrt(k) ** 2 == k else 1
-    Image.fromarray(to_uint8(grid_layout(jnp.asarray(result.views), rows))).save(
+    Image.fromarray(to_uint8(grid_layout(np.asarray(result.views), rows))).save(
         os.path.join(tmp, "views.png"), compress_level=1
     )
     if previews:

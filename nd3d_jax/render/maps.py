@@ -8,7 +8,14 @@ import numpy as np
 from einops import rearrange
 
 from nd3d_jax.render.camera import Camera
-from nd3d_jax.render.rasterize import Fragments, interpolate, rasterize, vertex_normals
+from nd3d_jax.render.rasterize import (
+    Fragments,
+    interpolate,
+    plan,
+    rasterize,
+    vertex_normals,
+    work_counts,
+)
 
 
 def rasterize_views(
@@ -20,6 +27,18 @@ def rasterize_views(
 ) -> Fragments:
     """One mesh seen by a batch of cameras (leading axis of every camera field)."""
     return jax.vmap(lambda cam: rasterize(cam, vertices, faces, face_mask, **kwargs))(cameras)
+
+
+@jax.jit
+def _views_work_counts(cameras: Camera, vertices, faces, face_mask):
+    return jax.vmap(lambda cam: work_counts(cam, vertices, faces, face_mask))(cameras)
+
+
+def plan_views(cameras: Camera, vertices, faces, face_mask) -> dict:
+    """`rasterize_views`' tile and exact work budget for these cameras and mesh (one cheap
+    program and a host round trip): `rasterize_views(..., **plan_views(...))`."""
+    tile, budget = plan(_views_work_counts(cameras, vertices, faces, face_mask))
+    return {"tile": tile, "work_budget": budget}
 
 
 def normal_map(

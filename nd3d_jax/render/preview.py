@@ -14,10 +14,11 @@ from nd3d_jax.render.maps import (
     color_image,
     grid_layout,
     normal_map,
+    plan_views,
     rasterize_views,
     to_uint8,
 )
-from nd3d_jax.render.rasterize import default_work_budget, vertex_normals
+from nd3d_jax.render.rasterize import vertex_normals
 
 KINDS = ("normal", "depth", "color", "shaded")
 FOV = 0.8  # radians; the ring radius frames the unit cube's bounding sphere
@@ -49,13 +50,13 @@ def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", 
 
     # padded to power-of-two sizes: meshes of similar size share one compiled program
     nv, nf = _bucket(len(unit)), _bucket(len(faces))
-    budget = default_work_budget(nf, size, size, 8)
-    img, num_work = _draw(cams, pad(unit, nv).astype(np.float32), pad(faces, nf),
-                          np.arange(nf) < len(faces),
+    arrays = pad(unit, nv).astype(np.float32), pad(faces, nf), np.arange(nf) < len(faces)
+    raster = plan_views(cams, *arrays)
+    img, num_work = _draw(cams, *arrays,
                           None if colors is None else pad(colors, nv).astype(np.float32),
-                          kind, budget)  # fmt: skip
-    if (work := int(np.max(num_work))) > budget:
-        raise RuntimeError(f"rasterizer work budget {budget} < {work}")
+                          kind, **raster)  # fmt: skip
+    if (work := int(np.max(num_work))) > raster["work_budget"]:
+        raise RuntimeError(f"preview: rasterizer work {work} over its budget {raster}")
     rows = int(math.floor(math.sqrt(views)))
     while views % rows:
         rows -= 1
@@ -66,11 +67,11 @@ def _bucket(n: int) -> int:
     return max(256, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "budget"))
-def _draw(cams, vertices, faces, face_mask, colors, kind: str, budget: int):
+@functools.partial(jax.jit, static_argnames=("kind", "tile", "work_budget"))
+def _draw(cams, vertices, faces, face_mask, colors, kind: str, tile: int, work_budget: int):
     """The K views (K, H, W, 3) and the rasterizer's work; `colors` None: grey shading."""
     colors = grey_shading(vertices, faces) if colors is None else colors
-    frags = rasterize_views(cams, vertices, faces, face_mask, work_budget=budget)
+    frags = rasterize_views(cams, vertices, faces, face_mask, tile=tile, work_budget=work_budget)
     if kind == "normal":
         img = jax.vmap(lambda f: (normal_map(f, vertices, faces) + 1) / 2)(frags)
         img = jnp.where(frags.mask[..., None], img, 1.0)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from nd3d_jax.render.camera import Camera
-from nd3d_jax.render.rasterize import interpolate, rasterize
+from nd3d_jax.render.rasterize import Fragments, interpolate, rasterize
 
 
 def bilinear_taps(image_hw: tuple[int, int], xy: jax.Array):
@@ -32,7 +32,18 @@ def sample_bilinear(image: jax.Array, xy: jax.Array) -> jax.Array:
     return jnp.sum(image[rows, cols] * weights[..., None], axis=-2)
 
 
-@functools.partial(jax.jit, static_argnames=("work_budget",))
+def textured_image(frags: Fragments, faces, uvs, texture, background=1.0) -> jax.Array:
+    """The colours (H, W, 3) of rasterized fragments: UVs (V, 2) in the atlas convention (u
+    right, v down, texel row = v * S) looked up bilinearly in texture (S, S, 3); `background`
+    (a scalar or an RGB triple) where nothing is hit."""
+    uv = interpolate(frags, faces, uvs)
+    size = jnp.array([texture.shape[1], texture.shape[0]], jnp.float32)
+    rgb = sample_bilinear(texture, uv * size)
+    bg = jnp.broadcast_to(jnp.asarray(background, rgb.dtype), rgb.shape)
+    return jnp.where(frags.mask[..., None], rgb, bg)
+
+
+@functools.partial(jax.jit, static_argnames=("work_budget", "tile"))
 def render_textured(
     camera: Camera,
     vertices: jax.Array,
@@ -42,16 +53,12 @@ def render_textured(
     background=1.0,
     face_mask: jax.Array | None = None,
     work_budget: int | None = None,
+    tile: int = 8,
 ) -> jax.Array:
-    """One view (H, W, 3) of a textured mesh: UVs (V, 2) in the atlas convention (u right,
-    v down, texel row = v * S) looked up bilinearly in texture (S, S, 3); `background` (a
-    scalar or an RGB triple) where nothing is hit. `jax.vmap` it over a camera batch."""
-    frags = rasterize(camera, vertices, faces, face_mask, work_budget=work_budget)
-    uv = interpolate(frags, faces, uvs)
-    size = jnp.array([texture.shape[1], texture.shape[0]], jnp.float32)
-    rgb = sample_bilinear(texture, uv * size)
-    bg = jnp.broadcast_to(jnp.asarray(background, rgb.dtype), rgb.shape)
-    return jnp.where(frags.mask[..., None], rgb, bg)
+    """One view (H, W, 3) of a textured mesh (see `textured_image`); `jax.vmap` it over a
+    camera batch."""
+    frags = rasterize(camera, vertices, faces, face_mask, tile=tile, work_budget=work_budget)
+    return textured_image(frags, faces, uvs, texture, background)
 
 
 def render_views(cameras: Camera, vertices, faces, uvs, texture, background=1.0, face_mask=None):

@@ -17,10 +17,9 @@ import trimesh
 
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import Camera
-from nd3d_jax.render.maps import color_image, rasterize_views, to_uint8
-from nd3d_jax.render.rasterize import default_work_budget
+from nd3d_jax.render.maps import color_image, plan_views, rasterize_views, to_uint8
 from nd3d_jax.texture.atlas import bucket
-from nd3d_jax.texture.render import render_views
+from nd3d_jax.texture.render import textured_image
 
 
 def _pad(a: np.ndarray, n: int) -> np.ndarray:
@@ -46,21 +45,25 @@ def render_colored(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh",
         colors = np.asarray(visual.vertex_colors[:, :3], np.float32) / 255.0
     else:
         colors = np.full((len(v), 3), 0.6, np.float32)
-    h, w = int(cameras.height), int(cameras.width)
-    budget = default_work_budget(nf, h, w, 8)
-    images, mask, work = _draw_colored(cameras, _pad(v, nv), _pad(f, nf), _pad(colors, nv),
-                                       np.arange(nf) < len(f), budget)  # fmt: skip
-    if int(np.max(work)) > budget:
-        raise RuntimeError(f"{what}: rasterizer work budget {budget} < {int(np.max(work))}")
+    arrays = _pad(v, nv), _pad(f, nf), np.arange(nf) < len(f)
+    raster = plan_views(cameras, *arrays)
+    images, mask, work = _draw_colored(cameras, *arrays, _pad(colors, nv), **raster)
+    _check_work(work, raster, what)
     images = to_uint8(np.asarray(images))
     return (images, np.asarray(mask)) if with_mask else images
 
 
-@functools.partial(jax.jit, static_argnames=("budget",))
-def _draw_colored(cams, vertices, faces, colors, face_mask, budget: int):
-    frags = rasterize_views(cams, vertices, faces, face_mask, work_budget=budget)
+@functools.partial(jax.jit, static_argnames=("tile", "work_budget"))
+def _draw_colored(cams, vertices, faces, face_mask, colors, tile: int, work_budget: int):
+    frags = rasterize_views(cams, vertices, faces, face_mask, tile=tile, work_budget=work_budget)
     images = jax.vmap(lambda fr: color_image(fr, faces, colors))(frags)
     return images, frags.mask, frags.num_work
+
+
+def _check_work(work, raster: dict, what: str) -> None:
+    """`plan_views` counts the work exactly; a larger need is a bug, not a user error."""
+    if (need := int(np.max(work))) > raster["work_budget"]:
+        raise RuntimeError(f"{what}: rasterizer work {need} over its budget {raster}")
 
 
 def textured_arrays(mesh: trimesh.Trimesh, what: str = "mesh"):
@@ -82,14 +85,18 @@ def render_textured(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") 
     """(K, H, W, 3) uint8 views of a textured mesh (bilinear texture lookup)."""
     v, f, uv, texture = textured_arrays(mesh, what)
     _, _, nv, nf = _mesh_arrays(mesh, what)
-    images = _draw_textured(cameras, _pad(v, nv), _pad(f, nf), _pad(uv, nv), texture,
-                            np.arange(nf) < len(f))  # fmt: skip
+    arrays = _pad(v, nv), _pad(f, nf), np.arange(nf) < len(f)
+    raster = plan_views(cameras, *arrays)
+    images, work = _draw_textured(cameras, *arrays, _pad(uv, nv), texture, **raster)
+    _check_work(work, raster, what)
     return to_uint8(np.asarray(images))
 
 
-@jax.jit
-def _draw_textured(cams, vertices, faces, uvs, texture, face_mask):
-    return render_views(cams, vertices, faces, uvs, texture, 1.0, face_mask)
+@functools.partial(jax.jit, static_argnames=("tile", "work_budget"))
+def _draw_textured(cams, vertices, faces, face_mask, uvs, texture, tile: int, work_budget: int):
+    frags = rasterize_views(cams, vertices, faces, face_mask, tile=tile, work_budget=work_budget)
+    images = jax.vmap(lambda fr: textured_image(fr, faces, uvs, texture))(frags)
+    return images, frags.num_work
 
 
 def is_textured(mesh: trimesh.Trimesh) -> bool:
