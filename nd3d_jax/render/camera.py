@@ -66,10 +66,11 @@ def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
 def _f32(x, shape: tuple[int, ...] | None = None) -> jax.Array:
     """`x` as a float32 array (broadcast to `shape`), placed from the host unless traced:
     jnp.asarray of a host array would compile a copy program per shape."""
-    if isinstance(x, jax.core.Tracer):
+    try:
+        x = np.asarray(x, np.float32)
+    except jax.errors.TracerArrayConversionError:  # traced: it stays in the program
         x = jnp.asarray(x, jnp.float32)
         return x if shape is None else jnp.broadcast_to(x, shape)
-    x = np.asarray(x, np.float32)
     return jax.device_put(x if shape is None else np.broadcast_to(x, shape))
 
 
