@@ -8,7 +8,11 @@
 #   3 prior     benchmarks/gpu_prior.py: Shap-E 64 Heun steps, batch 1, ours bfloat16 beside
 #               diffusers float32 and float16, 1 repeat, plus the 128^3 field query  [110 s]
 #   4 generate  benchmarks/gpu_generate.py: seconds per generated object, batch 1, paper
-#               settings (50 DDIM steps, K = 4 views, refinement, textures)  [120 s]
+#               settings (50 DDIM steps, K = 4 views, refinement, textures), compiling into a
+#               new compilation cache folder, $OUT/xla  [120 s]
+#   5 generate_warm  the same in a second process with that folder: its first object with a
+#               warm cache (programs loaded, not compiled)  [90 s]
+# PARTS="generate generate_warm" (say) runs some of them: two device calls fit better than one.
 # Each part runs under `timeout`, writes $OUT/<part>_gpu.json (and <part>.log); a failing part
 # does not stop the others. The end prints one table and writes $OUT/gpu_summary.json.
 # Wheels missing on the device (ml_collections, trimesh, grain, diffusers, ...) come from
@@ -35,14 +39,17 @@ fi
 
 if [ "$QUICK" = 1 ]; then
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
-  Q=--quick; B_TRAIN=2; L=(600 300 300 600)
+  Q=--quick; B_TRAIN=2; L=(600 300 300 600 300)
 else
-  Q=; B_TRAIN=8; L=(150 90 110 120)
-fi  # per-part limits (s); override with T_TRAIN, T_UNET, T_PRIOR, T_GEN
+  Q=; B_TRAIN=8; L=(150 90 110 120 90)
+fi  # per-part limits (s); override with T_TRAIN, T_UNET, T_PRIOR, T_GEN, T_GEN_WARM
 T_TRAIN=${T_TRAIN:-${L[0]}} T_UNET=${T_UNET:-${L[1]}} T_PRIOR=${T_PRIOR:-${L[2]}} T_GEN=${T_GEN:-${L[3]}}
+T_GEN_WARM=${T_GEN_WARM:-${L[4]}}
+PARTS=${PARTS:-train unet prior generate generate_warm}
 
 run_part() {  # name, timeout, memory fraction for JAX, command...
   local name=$1 limit=$2 frac=$3; shift 3
+  case " $PARTS " in *" $name "*) ;; *) return ;; esac
   local t=$(date +%s)
   echo "== $name (limit ${limit}s) ==" >&2
   rm -f "$OUT/${name}_gpu.json"  # no stale figures from an earlier run
@@ -56,10 +63,13 @@ run_part train "$T_TRAIN" 0.9 $PY benchmarks/gpu_train.py train $Q --batch=$B_TR
 run_part unet "$T_UNET" 0.45 $PY benchmarks/gpu_train.py unet $Q --batch=2
 run_part prior "$T_PRIOR" 0.45 $PY benchmarks/gpu_prior.py $Q --batches=1 --repeats=1 \
   --our_dtypes=bfloat16 --torch_dtypes=float32,float16
+case " $PARTS " in *" generate "*) rm -rf "$OUT/xla" ;; esac  # the first process compiles
 run_part generate "$T_GEN" 0.8 $PY benchmarks/gpu_generate.py $Q --batches=1 \
-  --texture_faces= --no_outputs
+  --texture_faces= --no_outputs --compilation_cache="$OUT/xla"
+run_part generate_warm "$T_GEN_WARM" 0.8 $PY benchmarks/gpu_generate.py $Q --batches=1 \
+  --texture_faces= --no_outputs --compilation_cache="$OUT/xla" --out_name=generate_warm_gpu.json
 
-TOTAL=$(($(date +%s) - T0)) $PY - <<'EOF'
+PARTS=$PARTS TOTAL=$(($(date +%s) - T0)) $PY - <<'EOF'
 import json, os
 
 out, summary, rows = os.environ["OUT"], {"total_s": int(os.environ["TOTAL"])}, []
@@ -88,7 +98,7 @@ def figures(part, r):
     run = g(r, "runs", "batch_1") or {}
     return {"coarse_extraction_128_s": r.get("coarse_extraction_128_s"),
             **{k: v for k, v in run.items() if isinstance(v, (int, float))}}
-for part in ("train", "unet", "prior", "generate"):
+for part in os.environ["PARTS"].split():
     status, r = load(f"{part}.status.json") or {}, load(f"{part}_gpu.json")
     rc = status.get("rc")
     state = "ok" if rc == 0 and r else ("timeout" if rc in (124, 137) else f"failed rc={rc}")
