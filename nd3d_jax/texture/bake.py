@@ -374,7 +374,10 @@ def bake(
     Three programs: the rasterizer's work counts (so each pass gets its tile size and an exact
     work list), the UV pass (which texels lie on charts), then the bake over those texels."""
     settings = settings or TextureSettings()
-    views = views if isinstance(views, jax.Array) else np.asarray(views, np.float32)
+    # host views stay host arrays until the program (no copy program per shape)
+    views = (
+        views.astype(jnp.float32) if isinstance(views, jax.Array) else np.asarray(views, np.float32)
+    )
     if views.ndim != 4 or views.shape[-1] != 3:
         raise UserError(f"texture bake: views must be (K, H, W, 3) RGB, got {views.shape}")
     k, height, width = views.shape[:3]
