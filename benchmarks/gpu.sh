@@ -12,6 +12,8 @@
 #               new compilation cache folder, $OUT/xla  [120 s]
 #   5 generate_warm  the same in a second process with that folder: its first object with a
 #               warm cache (programs loaded, not compiled)  [90 s]
+#   6 overlap   32 objects serially and overlapped (host stages beside the device), beside the
+#               device bounds, on that cache  [240 s]
 # PARTS="generate generate_warm" (say) runs some of them: two device calls fit better than one.
 # Each part runs under `timeout`, writes $OUT/<part>_gpu.json (and <part>.log); a failing part
 # does not stop the others. The end prints one table and writes $OUT/gpu_summary.json.
@@ -39,13 +41,13 @@ fi
 
 if [ "$QUICK" = 1 ]; then
   export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES=""
-  Q=--quick; B_TRAIN=2; L=(600 300 300 600 300)
+  Q=--quick; B_TRAIN=2; L=(600 300 300 600 300 600)
 else
-  Q=; B_TRAIN=8; L=(150 90 110 120 90)
-fi  # per-part limits (s); override with T_TRAIN, T_UNET, T_PRIOR, T_GEN, T_GEN_WARM
+  Q=; B_TRAIN=8; L=(150 90 110 120 90 240)
+fi  # per-part limits (s); override with T_TRAIN, T_UNET, T_PRIOR, T_GEN, T_GEN_WARM, T_OVERLAP
 T_TRAIN=${T_TRAIN:-${L[0]}} T_UNET=${T_UNET:-${L[1]}} T_PRIOR=${T_PRIOR:-${L[2]}} T_GEN=${T_GEN:-${L[3]}}
-T_GEN_WARM=${T_GEN_WARM:-${L[4]}}
-PARTS=${PARTS:-train unet prior generate generate_warm}
+T_GEN_WARM=${T_GEN_WARM:-${L[4]}} T_OVERLAP=${T_OVERLAP:-${L[5]}}
+PARTS=${PARTS:-train unet prior generate generate_warm overlap}
 
 run_part() {  # name, timeout, memory fraction for JAX, command...
   local name=$1 limit=$2 frac=$3; shift 3
@@ -68,6 +70,9 @@ run_part generate "$T_GEN" 0.8 $PY benchmarks/gpu_generate.py $Q --batches=1 \
   --texture_faces= --no_outputs --compilation_cache="$OUT/xla"
 run_part generate_warm "$T_GEN_WARM" 0.8 $PY benchmarks/gpu_generate.py $Q --batches=1 \
   --texture_faces= --no_outputs --compilation_cache="$OUT/xla" --out_name=generate_warm_gpu.json
+run_part overlap "$T_OVERLAP" 0.8 $PY benchmarks/gpu_generate.py $Q --batches=1 \
+  --texture_faces= --no_outputs --compilation_cache="$OUT/xla" --overlap=32 \
+  --out_name=overlap_gpu.json
 
 PARTS=$PARTS TOTAL=$(($(date +%s) - T0)) $PY - <<'EOF'
 import json, os
@@ -96,8 +101,9 @@ def figures(part, r):
         f.update({f"field_{k}": v for k, v in (r.get("field") or {}).items() if k.endswith("median_s")})
         return f
     run = g(r, "runs", "batch_1") or {}
+    over = {f"overlap_{k}": v for k, v in (r.get("overlap") or {}).items()}
     return {"coarse_extraction_128_s": r.get("coarse_extraction_128_s"),
-            **{k: v for k, v in run.items() if isinstance(v, (int, float))}}
+            **{k: v for k, v in {**run, **over}.items() if isinstance(v, (int, float))}}
 for part in os.environ["PARTS"].split():
     status, r = load(f"{part}.status.json") or {}, load(f"{part}_gpu.json")
     rc = status.get("rc")
