@@ -29,16 +29,26 @@ def rasterize_views(
     return jax.vmap(lambda cam: rasterize(cam, vertices, faces, face_mask, **kwargs))(cameras)
 
 
-@jax.jit
-def _views_work_counts(cameras: Camera, vertices, faces, face_mask):
+def views_work_counts(cameras: Camera, vertices, faces, face_mask) -> jax.Array:
+    """`work_counts` for a batch of cameras: (K, T)."""
     return jax.vmap(lambda cam: work_counts(cam, vertices, faces, face_mask))(cameras)
 
 
 def plan_views(cameras: Camera, vertices, faces, face_mask) -> dict:
     """`rasterize_views`' tile and exact work budget for these cameras and mesh (one cheap
     program and a host round trip): `rasterize_views(..., **plan_views(...))`."""
-    tile, budget = plan(_views_work_counts(cameras, vertices, faces, face_mask))
+    tile, budget = plan(_views_work_counts_jit(cameras, vertices, faces, face_mask))
     return {"tile": tile, "work_budget": budget}
+
+
+_views_work_counts_jit = jax.jit(views_work_counts)
+
+
+def check_work(num_work, raster: dict, what: str) -> None:
+    """Raises when a pass sized by `plan_views` needed more work than it was given (the counts
+    are exact, so this is a bug, not a user error)."""
+    if (need := int(np.max(num_work))) > raster["work_budget"]:
+        raise RuntimeError(f"{what}: rasterizer work {need} over its budget {raster}")
 
 
 def normal_map(

@@ -11,6 +11,7 @@ import numpy as np
 
 from nd3d_jax.render.camera import pinhole, ring_poses
 from nd3d_jax.render.maps import (
+    check_work,
     color_image,
     grid_layout,
     normal_map,
@@ -55,8 +56,7 @@ def render_preview(mesh, size: int = 512, views: int = 4, kind: str = "normal", 
     img, num_work = _draw(cams, *arrays,
                           None if colors is None else pad(colors, nv).astype(np.float32),
                           kind, **raster)  # fmt: skip
-    if (work := int(np.max(num_work))) > raster["work_budget"]:
-        raise RuntimeError(f"preview: rasterizer work {work} over its budget {raster}")
+    check_work(num_work, raster, "preview")
     rows = int(math.floor(math.sqrt(views)))
     while views % rows:
         rows -= 1

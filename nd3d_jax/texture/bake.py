@@ -39,7 +39,8 @@ import numpy as np
 
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import Camera, project_columns
-from nd3d_jax.render.rasterize import bucket, face_normals, plan, rasterize, work_counts
+from nd3d_jax.render.maps import views_work_counts
+from nd3d_jax.render.rasterize import bucket, face_normals, plan, rasterize
 from nd3d_jax.texture.atlas import (
     TextureSettings,
     UVAtlas,
@@ -438,7 +439,7 @@ def bake(
 @functools.partial(jax.jit, static_argnames=("size",))
 def _work_counts(vertices, faces, uvs, face_mask, cameras: Camera, size: int):
     """Rasterizer work per tile size: the UV pass's (T,) and the K views' (K, T)."""
-    views = jax.vmap(lambda c: work_counts(c, vertices, faces, face_mask))(cameras)
+    views = views_work_counts(cameras, vertices, faces, face_mask)
     return uv_work_counts(uvs, faces, face_mask, size), views
 
 

@@ -4,7 +4,7 @@
 The turntable and preview sheet of `generate` and the images the metrics compare (`evaluate`
 draws the ground truth and the generated object at the same cameras, so the metrics see colour
 and shape, not two renderers) all come from here. Arrays are padded to bucket sizes
-(`texture.atlas.bucket`): meshes of similar size share one compiled program.
+(`render.rasterize.bucket`): meshes of similar size share one compiled program.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import trimesh
 
 from nd3d_jax.errors import UserError
 from nd3d_jax.render.camera import Camera
-from nd3d_jax.render.maps import color_image, plan_views, rasterize_views, to_uint8
-from nd3d_jax.texture.atlas import bucket
+from nd3d_jax.render.maps import check_work, color_image, plan_views, rasterize_views, to_uint8
+from nd3d_jax.render.rasterize import bucket
 from nd3d_jax.texture.render import textured_image
 
 
@@ -48,7 +48,7 @@ def render_colored(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh",
     arrays = _pad(v, nv), _pad(f, nf), np.arange(nf) < len(f)
     raster = plan_views(cameras, *arrays)
     images, mask, work = _draw_colored(cameras, *arrays, _pad(colors, nv), **raster)
-    _check_work(work, raster, what)
+    check_work(work, raster, what)
     images = to_uint8(np.asarray(images))
     return (images, np.asarray(mask)) if with_mask else images
 
@@ -58,12 +58,6 @@ def _draw_colored(cams, vertices, faces, face_mask, colors, tile: int, work_budg
     frags = rasterize_views(cams, vertices, faces, face_mask, tile=tile, work_budget=work_budget)
     images = jax.vmap(lambda fr: color_image(fr, faces, colors))(frags)
     return images, frags.mask, frags.num_work
-
-
-def _check_work(work, raster: dict, what: str) -> None:
-    """`plan_views` counts the work exactly; a larger need is a bug, not a user error."""
-    if (need := int(np.max(work))) > raster["work_budget"]:
-        raise RuntimeError(f"{what}: rasterizer work {need} over its budget {raster}")
 
 
 def textured_arrays(mesh: trimesh.Trimesh, what: str = "mesh"):
@@ -88,7 +82,7 @@ def render_textured(mesh: trimesh.Trimesh, cameras: Camera, what: str = "mesh") 
     arrays = _pad(v, nv), _pad(f, nf), np.arange(nf) < len(f)
     raster = plan_views(cameras, *arrays)
     images, work = _draw_textured(cameras, *arrays, _pad(uv, nv), texture, **raster)
-    _check_work(work, raster, what)
+    check_work(work, raster, what)
     return to_uint8(np.asarray(images))
 
 
